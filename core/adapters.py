@@ -1,0 +1,60 @@
+"""The adapter interface: parameter-efficient fine-tuning methods as plugins.
+
+An adapter plugin registers a subclass of :class:`Adapter` under a name that the
+config's ``adapter.type`` selects. Its ``Options`` model validates the rest of the
+``adapter:`` section, so every adapter hyperparameter is an ordinary (searchable)
+config key.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ValidationError
+
+from tuneforge.config import RunConfig, Section, format_validation_error
+from tuneforge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tuneforge.tasks import Task
+
+
+class AdapterOptions(Section):
+    """Options of an adapter with none of its own."""
+
+
+class Adapter(ABC):
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[BaseModel]] = AdapterOptions
+
+    def __init__(self, options: BaseModel, config: RunConfig) -> None:
+        self.options = options
+        self.config = config
+
+    @classmethod
+    def parse_options(cls, raw: dict[str, Any], source: str = "config") -> BaseModel:
+        try:
+            return cls.Options.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, cls.Options, source, prefix="adapter.")) from None
+
+    def preflight(self) -> None:  # noqa: B027 - optional hook
+        """Check requirements (packages, GPU) before any heavy work; raise ConfigError."""
+
+    @abstractmethod
+    def apply(self, model: torch.nn.Module, task: Task) -> torch.nn.Module:
+        """Return ``model`` with the adapter inserted and only adapter (+head) params trainable."""
+
+    def load(self, model: torch.nn.Module, directory: str | Path, task: Task) -> torch.nn.Module:
+        """Return ``model`` (a freshly built base model) with saved adapter weights from ``directory``."""
+        raise NotImplementedError(f"adapter '{self.name}' cannot load saved adapters")
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

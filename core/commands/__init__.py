@@ -1,0 +1,1 @@
+"""Subcommands of the ``tuneforge`` CLI, one module each."""

@@ -1,0 +1,41 @@
+"""``tuneforge train --config X [section.key=value ...]``: one training run.
+
+``accelerate launch launch/run.py ...`` and ``torchrun launch/run.py ...`` call
+this same function on every rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tuneforge.config import load_config
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", required=True, help="run config YAML")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. training.lr=3e-5")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one run from a config")
+    add_config_arguments(p)
+    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tuneforge.run import train
+
+    overrides = list(args.overrides) + (["resume=auto"] if args.resume else [])
+    config = load_config(args.config, overrides)
+    results = train(config)
+    if results.get("world_size", 1) == 1 or _is_main():
+        print(json.dumps({k: results[k] for k in ("status", "steps", "best_metric", "test") if k in results}))
+    return 0
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"

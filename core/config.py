@@ -1,0 +1,353 @@
+"""The typed run configuration: one YAML file describes a run.
+
+Every default lives here. ``load_config`` reads YAML (``yaml.safe_load``), applies
+dotted command-line overrides (``training.lr=3e-5``), and validates the result
+before anything heavy is imported. Unknown keys are errors with a "did you mean".
+
+Paths inside a config file (``data.*``, a local ``model.name_or_path`` starting
+with ``./`` or ``../``, ``distributed.deepspeed_config``) are relative to the
+config file; paths given as overrides on the command line are relative to the
+current directory. ``output.dir`` is relative to the current directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tuneforge.errors import ConfigError, did_you_mean
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are checked."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class OpenSection(BaseModel):
+    """A section whose extra keys belong to a plugin (``task:``, ``adapter:``).
+
+    The plugin's own ``Options`` model validates them once the plugin is known.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field(description="Hub name, local directory, or pkg:<package>/<subdir>.")
+    tokenizer: str | None = Field(None, description="Tokenizer name or path; default: the model's.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(False, description="Run model code from the hub. Off unless you trust it.")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="dtype the weights are loaded in (compute precision: training.mixed_precision)."
+    )
+    config_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Keys set on the model's config before loading (e.g. dropout)."
+    )
+
+
+class TaskConfig(OpenSection):
+    name: str = Field(description="Task plugin name (see `tuneforge plugins`).")
+
+
+class DataConfig(Section):
+    train: str | None = Field(None, description="Training file (csv, tsv, jsonl, json or a task format).")
+    validation: str | None = Field(None, description="Validation file used for evaluation and model selection.")
+    test: str | None = Field(None, description="Test file evaluated once with the best model at the end.")
+    format: str = Field("auto", description="File format; 'auto' uses the file extension.")
+    hf_dataset: str | None = Field(None, description="A Hugging Face `datasets` name instead of files.")
+    hf_subset: str | None = Field(None, description="Configuration name of `hf_dataset`.")
+    hf_splits: dict[str, str] = Field(
+        default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"},
+        description="Maps train/validation/test to the dataset's split names.",
+    )
+    max_length: int = Field(128, ge=8, le=1_000_000, description="Maximum tokens per example.")
+    validation_fraction: float | None = Field(
+        None, gt=0.0, lt=1.0, description="Hold out this fraction of train as validation (seeded)."
+    )
+    max_train_samples: int | None = Field(None, ge=1, description="Use only the first N training examples.")
+    max_eval_samples: int | None = Field(None, ge=1, description="Use only the first N validation examples.")
+    max_test_samples: int | None = Field(None, ge=1, description="Use only the first N test examples.")
+
+
+class TrainingConfig(Section):
+    epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps to train for; overrides epochs.")
+    batch_size: int = Field(16, ge=1, description="Examples per device per micro-batch.")
+    eval_batch_size: int | None = Field(None, ge=1, description="Default: 2 x batch_size.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(5e-5, gt=0, lt=10, description="Peak learning rate of AdamW.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas, each in [0, 1).")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="Decoupled weight decay (not on biases/norms).")
+    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="LR schedule after warmup.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps (added to warmup_ratio's).")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of total steps used for warmup.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip gradients to this norm; null disables.")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="Autocast precision (Accelerate).")
+    seed: int = Field(42, ge=0, description="Seed for weights init, dropout and data order.")
+    group_by_length: bool = Field(False, description="Batch examples of similar length (less padding).")
+    log_every_n_steps: int = Field(10, ge=1, description="Console/tracker logging interval in steps.")
+    nan_policy: Literal["stop", "skip"] = Field(
+        "stop", description="On a non-finite loss: stop with a checkpoint, or skip the step and count it."
+    )
+    max_nan_skips: int = Field(10, ge=0, description="With nan_policy=skip: stop after this many skips.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+    @model_validator(mode="after")
+    def _check_betas(self) -> TrainingConfig:
+        for b in self.betas:
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"each beta must be in [0, 1), got {list(self.betas)}")
+        return self
+
+
+class EvaluationConfig(Section):
+    strategy: Literal["epoch", "steps", "no"] = Field("epoch", description="When to evaluate on validation.")
+    every_n_steps: int | None = Field(None, ge=1, description="Evaluation interval when strategy=steps.")
+    metric: str | None = Field(None, description="Metric for best-model selection; default: the task's primary.")
+    greater_is_better: bool | None = Field(None, description="Direction of `metric`; default: the task's.")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without improvement."
+    )
+    early_stopping_min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
+
+    @model_validator(mode="after")
+    def _steps_need_interval(self) -> EvaluationConfig:
+        if self.strategy == "steps" and self.every_n_steps is None:
+            raise ValueError("strategy 'steps' needs every_n_steps (e.g. every_n_steps: 200)")
+        return self
+
+
+class OutputConfig(Section):
+    dir: str = Field("runs/run", description="The run directory (checkpoints, logs, exported model).")
+    overwrite: bool = Field(False, description="Allow starting fresh in a directory that has checkpoints.")
+    save_every_n_steps: int | None = Field(None, ge=1, description="Periodic checkpoint interval.")
+    keep_last: int = Field(2, ge=1, description="Periodic checkpoints kept (the best is kept in addition).")
+    save_best: bool = Field(True, description="Checkpoint whenever the selection metric improves.")
+    export: bool = Field(True, description="Write the best (or final) model in Hugging Face format to dir/model.")
+
+
+class AdapterConfig(OpenSection):
+    type: str = Field(description="Adapter plugin name, e.g. lora.")
+
+
+class DistributedConfig(Section):
+    strategy: Literal["auto", "ddp", "deepspeed"] = Field(
+        "auto", description="auto: DDP when launched with several processes, else a single process."
+    )
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage (strategy=deepspeed).")
+    offload_optimizer: bool = Field(False, description="ZeRO: keep optimizer state in CPU memory.")
+    offload_params: bool = Field(False, description="ZeRO-3: keep parameters in CPU memory.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    deepspeed_config: str | None = Field(None, description="A DeepSpeed JSON; cross-checked with this config.")
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="Process-group backend.")
+    timeout_minutes: int = Field(30, ge=1, description="Collective-operation timeout.")
+
+
+class RunConfig(Section):
+    """A whole run. Sections are documented in docs/config.md (generated from this schema)."""
+
+    model: ModelConfig
+    task: TaskConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    adapter: AdapterConfig | None = None
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    trackers: list[str] = Field(default_factory=lambda: ["jsonl"], description="Tracker plugins to log to.")
+    plugins: list[str] = Field(default_factory=list, description="Extra plugin modules to import and register.")
+    resume: str = Field("never", description="'never', 'auto' (latest complete checkpoint), or a checkpoint path.")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        d = self.data
+        if d.train is None and d.hf_dataset is None:
+            raise ValueError("data needs a training file (data.train) or a dataset name (data.hf_dataset)")
+        ev = self.evaluation
+        has_validation = d.validation is not None or d.validation_fraction is not None or d.hf_dataset
+        if ev.early_stopping_patience is not None and (ev.strategy == "no" or not has_validation):
+            raise ValueError(
+                "evaluation.early_stopping_patience needs evaluation (strategy epoch/steps) "
+                "and validation data (data.validation or data.validation_fraction)"
+            )
+        return self
+
+    def fingerprint(self) -> str:
+        """A stable hash of the resolved config (used for rank-consistency checks)."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def eval_batch_size(self) -> int:
+        return self.training.eval_batch_size or 2 * self.training.batch_size
+
+
+# -- loading ---------------------------------------------------------------------
+
+_CONFIG_RELATIVE_KEYS = ("data.train", "data.validation", "data.test", "distributed.deepspeed_config")
+
+
+def _looks_local(value: str) -> bool:
+    return value.startswith(("./", "../", "~"))
+
+
+def _resolve(value: str, base: Path) -> str:
+    if value.startswith("~"):
+        return str(Path(value).expanduser())
+    p = Path(value)
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _get(raw: dict[str, Any], dotted: str) -> Any:
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"override '{dotted}': '{where}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def resolve_paths(raw: dict[str, Any], base: Path, keys: tuple[str, ...] = _CONFIG_RELATIVE_KEYS) -> None:
+    """Make relative file paths in ``raw`` absolute against ``base`` (in place)."""
+    for key in keys:
+        value = _get(raw, key)
+        if isinstance(value, str) and value and "://" not in value:
+            _set(raw, key, _resolve(value, base))
+    name = _get(raw, "model.name_or_path")
+    if isinstance(name, str) and _looks_local(name):
+        _set(raw, "model.name_or_path", _resolve(name, base))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"training.lr=3e-5"`` -> ``("training.lr", 3e-05)``; values parse as YAML."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}' must look like section.key=value (e.g. training.lr=3e-5)")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML: {exc}") from exc
+    # YAML 1.1 reads 3e-5 as a string; numbers users type should be numbers.
+    if isinstance(parsed, str):
+        try:
+            parsed = float(parsed) if any(c in parsed for c in ".eE") else int(parsed)
+        except ValueError:
+            pass
+    return key, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], base: Path | None = None) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    cwd = base or Path.cwd()
+    for text in overrides:
+        key, value = parse_override(text)
+        if isinstance(value, str) and (key in _CONFIG_RELATIVE_KEYS or (key == "model.name_or_path" and _looks_local(value))):
+            value = _resolve(value, cwd)
+        _set(raw, key, value)
+    return raw
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, task:, ...)")
+    return raw
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the (sub)model found by walking ``loc`` from ``model``."""
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        current = _model_in(annotation)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str, prefix: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        path = prefix + ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            key = str(loc[-1])
+            siblings = _fields_at(model, loc[:-1])
+            valid = f"; valid keys here: {', '.join(siblings)}" if siblings else ""
+            lines.append(f"{source}: unknown key '{path}'{did_you_mean(key, siblings)}{valid}")
+        elif err["type"] == "missing":
+            lines.append(f"{source}: missing required key '{path}'")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            where = f"'{path}'" if path else "config"
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {where}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def validate(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, RunConfig, source)) from None
+
+
+def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> RunConfig:
+    """Read, resolve, override and validate a run config. Raises :class:`ConfigError`."""
+    path = Path(path)
+    raw = read_yaml(path)
+    resolve_paths(raw, path.resolve().parent)
+    raw = apply_overrides(raw, overrides or [])
+    return validate(raw, source=str(path))
+
+
+def dump_config(cfg: RunConfig, path: str | os.PathLike[str]) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")

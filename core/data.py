@@ -1,0 +1,190 @@
+"""Reading records, padding features, and the samplers/loaders the loop uses."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from tuneforge.errors import DataError
+
+FORMATS = ("csv", "tsv", "jsonl", "json")
+
+
+def infer_format(path: str | Path, declared: str = "auto") -> str:
+    if declared != "auto":
+        return declared
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix in ("jsonl", "ndjson"):
+        return "jsonl"
+    if suffix in FORMATS:
+        return suffix
+    raise DataError(f"{path}: cannot tell the format from the extension '.{suffix}'; set data.format to one of {', '.join(FORMATS)}")
+
+
+def read_records(path: str | Path, fmt: str = "auto") -> list[dict[str, Any]]:
+    """Read csv/tsv (with a header), jsonl, or json (a list, or {"data": [...]}) into dicts."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file '{path}' does not exist")
+    fmt = infer_format(path, fmt)
+    if fmt not in FORMATS:
+        raise DataError(f"{path}: format '{fmt}' is not readable here; use one of {', '.join(FORMATS)}")
+    if fmt in ("csv", "tsv"):
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh, delimiter="\t" if fmt == "tsv" else ",", quoting=csv.QUOTE_MINIMAL)
+            if not reader.fieldnames:
+                raise DataError(f"{path}: empty file or missing header row")
+            records = []
+            for i, row in enumerate(reader, start=2):
+                if None in row or any(v is None for v in row.values()):
+                    raise DataError(f"{path}, line {i}: expected {len(reader.fieldnames)} columns ({', '.join(reader.fieldnames)})")
+                records.append(dict(row))
+            return records
+    if fmt == "jsonl":
+        records = []
+        with path.open(encoding="utf-8") as fh:
+            for i, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}, line {i}: not valid JSON: {exc.msg}") from None
+                if not isinstance(obj, dict):
+                    raise DataError(f"{path}, line {i}: each line must be a JSON object, got {type(obj).__name__}")
+                records.append(obj)
+        return records
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("data"), list):
+        obj = obj["data"]
+    if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
+        raise DataError(f"{path}: a .json data file must hold a list of objects (or {{\"data\": [...]}})")
+    return obj
+
+
+def load_hub_split(name: str, subset: str | None, split: str) -> list[dict[str, Any]]:
+    """Records of one split of a Hugging Face dataset (needs `datasets` and network)."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("data.hf_dataset needs the `datasets` package: pip install 'tuneforge[hub]'") from None
+    try:
+        ds = datasets.load_dataset(name, subset, split=split)
+    except Exception as exc:
+        raise DataError(f"dataset '{name}' split '{split}' could not be loaded: {exc}") from exc
+    return [dict(r) for r in ds]
+
+
+def require_fields(records: Sequence[dict[str, Any]], fields: Sequence[str], source: str) -> None:
+    """Fail on the first record missing a field, naming source, record and field."""
+    for i, rec in enumerate(records):
+        for f in fields:
+            if f not in rec or rec[f] is None:
+                have = ", ".join(sorted(rec)) or "none"
+                raise DataError(f"{source}, record {i + 1}: missing field '{f}' (fields present: {have})")
+
+
+class FeatureDataset(Dataset):
+    """A list of feature dicts as a torch Dataset."""
+
+    def __init__(self, features: list[dict[str, Any]]) -> None:
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.features[index]
+
+
+def pad_features(features: list[dict[str, Any]], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """Stack features into tensors, right-padding list-valued fields to the batch maximum.
+
+    ``input_ids`` pad with ``pad_token_id``, ``labels`` that are lists with -100
+    (ignored by the loss), anything else with 0. Scalars are stacked as they are.
+    """
+    batch: dict[str, torch.Tensor] = {}
+    for key in features[0]:
+        values = [f[key] for f in features]
+        if isinstance(values[0], list | tuple):
+            width = max(len(v) for v in values)
+            fill = pad_token_id if key == "input_ids" else (-100 if key == "labels" else 0)
+            values = [list(v) + [fill] * (width - len(v)) for v in values]
+        batch[key] = torch.tensor(values)
+    return batch
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffles with a generator seeded by (seed, epoch): the order of any epoch can be
+    reproduced after a restart without touching global RNG state."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
+        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.size))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=g).tolist())
+
+
+class LengthGroupedSampler(EpochSampler):
+    """Random mega-batches of ``50 * batch_size`` examples, each sorted by length, so a
+    batch holds examples of similar length (less padding) while epochs stay shuffled."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int) -> None:
+        super().__init__(len(lengths), seed)
+        self.lengths = list(lengths)
+        self.mega = max(1, 50 * batch_size)
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(super().__iter__())
+        for start in range(0, len(order), self.mega):
+            chunk = sorted(order[start : start + self.mega], key=lambda i: -self.lengths[i])
+            yield from chunk
+
+
+def make_loader(
+    features: list[dict[str, Any]],
+    batch_size: int,
+    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    lengths: Sequence[int] | None = None,
+    num_workers: int = 0,
+) -> DataLoader:
+    if lengths is not None:
+        sampler: EpochSampler = LengthGroupedSampler(lengths, batch_size, seed)
+    else:
+        sampler = EpochSampler(len(features), seed, shuffle=shuffle)
+    return DataLoader(
+        FeatureDataset(features),
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=num_workers,
+        drop_last=False,
+    )
+
+
+def steps_per_epoch(num_batches: int, num_processes: int, accumulation: int) -> int:
+    """Optimizer steps per epoch when ``num_batches`` are spread over processes."""
+    per_process = math.ceil(num_batches / num_processes)
+    return max(1, math.ceil(per_process / accumulation))

@@ -1,0 +1,202 @@
+"""The plugin manager: loads plugins, fills registries, calls hooks with blame.
+
+A fresh :class:`PluginManager` is built per run (no module-level state). Plugins
+come from the ``tuneforge.plugins`` entry-point group; built-ins are declared in
+our own ``pyproject.toml`` exactly like a third-party package declares its own.
+
+Environment variables:
+
+* ``TUNEFORGE_LOAD_PLUGINS=a,b`` load only these entry points (empty: load none).
+* ``TUNEFORGE_DISABLE_PLUGINS=a,b`` skip these entry points.
+* ``TUNEFORGE_TRACE_HOOKS=1`` log which plugin answered which hook.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from tuneforge import hookspecs
+from tuneforge.errors import PluginError, TuneforgeError, did_you_mean
+from tuneforge.registry import Registry
+
+ENTRY_POINT_GROUP = "tuneforge.plugins"
+log = logging.getLogger(__name__)
+
+# hook name -> registry attribute filled by it
+COMPOSITION_HOOKS = {
+    "tf_register_tasks": "tasks",
+    "tf_register_metrics": "metrics",
+    "tf_register_adapters": "adapters",
+    "tf_register_search_strategies": "search_strategies",
+    "tf_register_trackers": "trackers",
+    "tf_register_meta_algorithms": "meta_algorithms",
+}
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    module: str
+    distribution: str | None = None
+    version: str | None = None
+    hooks: list[str] = field(default_factory=list)
+
+
+def _env_list(name: str) -> list[str] | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+class PluginManager:
+    """A typed wrapper around :class:`pluggy.PluginManager` with tuneforge's registries."""
+
+    def __init__(self) -> None:
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self._pm.add_hookspecs(hookspecs)
+        self._info: dict[str, PluginInfo] = {}
+        self._registries_built = False
+        self.trace = os.environ.get("TUNEFORGE_TRACE_HOOKS", "") not in ("", "0")
+        self.tasks: Registry[Any] = Registry("task")
+        self.metrics: Registry[Any] = Registry("metric")
+        self.adapters: Registry[Any] = Registry("adapter")
+        self.search_strategies: Registry[Any] = Registry("search strategy")
+        self.trackers: Registry[Any] = Registry("tracker")
+        self.meta_algorithms: Registry[Any] = Registry("meta-learning algorithm")
+
+    # -- loading ---------------------------------------------------------------
+
+    @classmethod
+    def default(cls, extra_modules: Iterable[str] = ()) -> PluginManager:
+        """Entry-point plugins (filtered by the env vars) plus ``extra_modules``."""
+        pm = cls()
+        pm.load_entry_points()
+        for module in extra_modules:
+            pm.load_module(module)
+        return pm
+
+    def load_entry_points(self) -> None:
+        only = _env_list("TUNEFORGE_LOAD_PLUGINS")
+        disabled = set(_env_list("TUNEFORGE_DISABLE_PLUGINS") or [])
+        found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+        for name in only or []:
+            if name not in found:
+                raise PluginError(
+                    f"TUNEFORGE_LOAD_PLUGINS names '{name}'{did_you_mean(name, found)}, which is not an "
+                    f"installed plugin; installed: {', '.join(sorted(found)) or 'none'}"
+                )
+        for name, ep in sorted(found.items()):
+            if (only is not None and name not in only) or name in disabled:
+                continue
+            self._load_entry_point(ep)
+
+    def _load_entry_point(self, ep: EntryPoint) -> None:
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            raise PluginError(f"plugin '{ep.name}' ({ep.value}) failed to import: {exc}") from exc
+        dist = getattr(ep, "dist", None)
+        self.register(
+            obj,
+            name=ep.name,
+            distribution=dist.metadata["Name"] if dist is not None else None,
+            version=dist.version if dist is not None else None,
+        )
+
+    def load_module(self, dotted: str) -> None:
+        """Register a plugin module by import path (the config's ``plugins:`` list)."""
+        try:
+            module = importlib.import_module(dotted)
+        except ImportError as exc:
+            raise PluginError(f"plugin module '{dotted}' cannot be imported: {exc}") from exc
+        self.register(module, name=dotted)
+
+    def register(
+        self,
+        plugin: ModuleType | object,
+        name: str | None = None,
+        *,
+        distribution: str | None = None,
+        version: str | None = None,
+    ) -> str:
+        """Register a plugin object or module; returns the name it is known by."""
+        if self._registries_built:
+            raise PluginError("plugins must be registered before the registries are built")
+        name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        if self._pm.has_plugin(name):
+            raise PluginError(f"a plugin named '{name}' is already registered")
+        try:
+            self._pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"plugin '{name}' is invalid: {exc}") from exc
+        hooks = sorted(
+            hc.name for hc in (self._pm.get_hookcallers(plugin) or []) if hc.name.startswith("tf_")
+        )
+        module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
+        self._info[name] = PluginInfo(name, module, distribution, version, hooks)
+        return name
+
+    def unregister(self, name: str) -> None:
+        self._pm.unregister(name=name)
+        self._info.pop(name, None)
+
+    @property
+    def plugins(self) -> list[PluginInfo]:
+        return [self._info[n] for n in sorted(self._info)]
+
+    # -- registries ------------------------------------------------------------
+
+    def build_registries(self) -> PluginManager:
+        """Run every composition hook once. Idempotent."""
+        if self._registries_built:
+            return self
+        for hook_name, attr in COMPOSITION_HOOKS.items():
+            registry: Registry[Any] = getattr(self, attr)
+            for impl in self._impls(hook_name):
+                add: Callable[[str, Any], None] = (
+                    lambda n, obj, _r=registry, _p=impl.plugin_name: _r.add(n, obj, plugin=_p)
+                )
+                self._call_impl(impl, hook_name, {"register": add})
+        self._registries_built = True
+        return self
+
+    # -- calling hooks -----------------------------------------------------------
+
+    def _impls(self, hook_name: str) -> list[pluggy.HookImpl]:
+        # pluggy calls the last registered implementation first; keep that order.
+        return list(reversed(getattr(self._pm.hook, hook_name).get_hookimpls()))
+
+    def _call_impl(self, impl: pluggy.HookImpl, hook_name: str, kwargs: dict[str, Any]) -> Any:
+        if self.trace:
+            log.info("hook %s -> plugin %s", hook_name, impl.plugin_name)
+        args = [kwargs[a] for a in impl.argnames]
+        try:
+            return impl.function(*args)
+        except TuneforgeError as exc:
+            if isinstance(exc, PluginError) and f"plugin '{impl.plugin_name}'" in str(exc):
+                raise
+            raise type(exc)(f"plugin '{impl.plugin_name}' ({hook_name}): {exc}") from exc
+        except Exception as exc:
+            raise PluginError(
+                f"plugin '{impl.plugin_name}' raised {type(exc).__name__} in {hook_name}: {exc}"
+            ) from exc
+
+    def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
+        """Call an observer hook on every plugin; errors name the plugin."""
+        if hook_name not in self.hook_names():
+            raise PluginError(f"unknown hook '{hook_name}'{did_you_mean(hook_name, self.hook_names())}")
+        return [self._call_impl(impl, hook_name, kwargs) for impl in self._impls(hook_name)]
+
+    @staticmethod
+    def hook_names() -> list[str]:
+        return sorted(n for n in dir(hookspecs) if n.startswith("tf_"))
