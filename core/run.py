@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from tuneforge.adapters import describe_parameters
 from tuneforge.checkpoint import CheckpointManager, read_state
 from tuneforge.config import RunConfig, dump_config
 from tuneforge.data import load_hub_split, make_loader, steps_per_epoch
@@ -44,6 +45,7 @@ class Plan:
     adapter_cls: Any = None
     adapter_options: Any = None
     tracker_classes: list[type[Tracker]] = field(default_factory=list)
+    strategy: Any = None  # tuneforge.distributed.Strategy: single / ddp / deepspeed, resolved before launch
 
     def make_task(self) -> Task:
         return self.task_cls(self.task_options, self.config)
@@ -65,6 +67,11 @@ def preflight(config: RunConfig, plugins: PluginManager | None = None, *, check_
         plan.adapter_options = plan.adapter_cls.parse_options(config.adapter.options())
         plan.adapter_cls(plan.adapter_options, config).preflight()
     plan.tracker_classes = [pm.trackers.get(name) for name in config.trackers]
+    from tuneforge.distributed import resolve_strategy  # cheap: reads the env and the DeepSpeed JSON
+
+    plan.strategy = resolve_strategy(config)
+    for tracker_cls in plan.tracker_classes:  # a missing package gives an install hint, not a traceback
+        tracker_cls(Path(config.output.dir), {}).check_available()
     for split in SPLITS:
         path = getattr(config.data, split)
         if path is not None and not Path(path).exists():
@@ -169,6 +176,31 @@ def check_rank_consistency(config: RunConfig, plugins: PluginManager, runtime: A
             )
 
 
+def resume_position(saved: dict[str, Any], world_size: int, batch_size: int, source: Path) -> int:
+    """Per-rank micro-batches of the current epoch to skip when resuming ``saved``.
+
+    The sampler order depends only on (seed, epoch) and rank r takes global batches
+    r, r + W, ...; so the position is "samples of this epoch consumed", which maps to
+    any world size whose global micro-batch divides it."""
+    old_world = int(saved.get("world_size", 1))
+    old_batch = int(saved.get("micro_batch_size") or batch_size)
+    done = int(saved.get("batch_in_epoch", 0))
+    if old_world == world_size and old_batch == batch_size:
+        return done
+    samples = done * old_world * old_batch
+    if samples % (world_size * batch_size):
+        raise DistributedError(
+            f"checkpoint {source} stopped {samples} samples into epoch {saved.get('epoch', 0)} "
+            f"({old_world} processes x batch {old_batch}); {world_size} processes x batch {batch_size} cannot "
+            f"continue there exactly. Resume with a world size and training.batch_size whose product divides "
+            f"{samples} (e.g. {old_world} x {old_batch})."
+        )
+    if old_world * old_batch != world_size * batch_size:
+        log.warning("resuming with a global micro-batch of %d samples (checkpoint: %d); steps after the resume "
+                    "see a different batch size", world_size * batch_size, old_world * old_batch)
+    return samples // (world_size * batch_size)
+
+
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out: list[str] = []
@@ -191,8 +223,9 @@ def train(config: RunConfig, plugins: PluginManager | None = None) -> dict[str, 
     from tuneforge.distributed import Runtime
 
     plan = preflight(config, plugins)
-    runtime = Runtime(config)
+    runtime = Runtime(config, plan.strategy)
     setup_logging(runtime.is_main)
+    log.info("distributed: %s", runtime.strategy.describe())
     check_rank_consistency(config, plan.plugins, runtime)
     run_dir = Path(config.output.dir)
     checkpoints = CheckpointManager(run_dir, config.output.keep_last, is_main=runtime.is_main)
@@ -218,6 +251,7 @@ def train(config: RunConfig, plugins: PluginManager | None = None) -> dict[str, 
         model.gradient_checkpointing_enable()
     if plan.adapter_cls is not None:
         model = plan.adapter_cls(plan.adapter_options, config).apply(model, task)
+    log.info(describe_parameters(model))
 
     t = config.training
     collate = lambda feats: task.collate(feats, tokenizer)  # noqa: E731
@@ -239,17 +273,13 @@ def train(config: RunConfig, plugins: PluginManager | None = None) -> dict[str, 
     scheduler = build_scheduler(optimizer, config, total_steps)
     runtime.register_for_checkpointing(scheduler)
 
-    state = TrainState(world_size=runtime.num_processes)
+    state = TrainState(world_size=runtime.num_processes, micro_batch_size=t.batch_size)
     if resume_from is not None:
         saved = read_state(resume_from)
-        if saved.get("world_size", 1) != runtime.num_processes:
-            raise DistributedError(
-                f"checkpoint {resume_from} was written by {saved.get('world_size')} processes, this run has "
-                f"{runtime.num_processes}: the data position cannot be mapped exactly; resume with the same "
-                "number of processes"
-            )
-        runtime.load_state(resume_from)
-        state = TrainState(**saved)
+        batch_in_epoch = resume_position(saved, runtime.num_processes, t.batch_size, resume_from)
+        runtime.load_state(resume_from, world_size=int(saved.get("world_size", 1)))
+        state = TrainState(**{**saved, "batch_in_epoch": batch_in_epoch,
+                              "world_size": runtime.num_processes, "micro_batch_size": t.batch_size})
         log.info("resumed from %s at step %d", resume_from, state.step)
 
     trackers = Trackers(
@@ -258,7 +288,7 @@ def train(config: RunConfig, plugins: PluginManager | None = None) -> dict[str, 
     for tracker in trackers.trackers:
         tracker.check_available()
     run = RunContext(config, run_dir, runtime, plan.plugins, task, model, tokenizer, state, trackers,
-                     checkpoints, features)
+                     checkpoints, features, optimizer=optimizer, scheduler=scheduler)
     trackers.log_params(_run_params(config, runtime, model))
     started = time.perf_counter()
     status = "failed"
@@ -311,6 +341,37 @@ def finish(run: RunContext, result: FitResult, test_loader: Any) -> dict[str, An
     return results
 
 
+def load_trained_model(
+    config: RunConfig, model_dir: str | Path, plugins: PluginManager | None = None
+) -> tuple[Task, Any, torch.nn.Module]:
+    """(task with its saved state, tokenizer, model in eval mode) from an exported ``model_dir``:
+    a full Hugging Face model, or the base model of ``config.model`` plus the adapter saved there
+    (``adapter_config.json``), loaded by the run's adapter plugin."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ConfigError(f"model directory '{model_dir}' does not exist")
+    pm = (plugins or build_plugins(config)).build_registries()
+    has_adapter = (model_dir / "adapter_config.json").is_file()
+    model_cfg = config.model
+    if not has_adapter:
+        model_cfg = model_cfg.model_copy(update={"name_or_path": str(model_dir), "revision": None})
+    if (model_dir / "tokenizer_config.json").is_file():
+        model_cfg = model_cfg.model_copy(update={"tokenizer": str(model_dir)})
+    task_cls = pm.tasks.get(config.task.name)
+    task = task_cls(task_cls.parse_options(config.task.options()), config.model_copy(update={"model": model_cfg}))
+    task.load_state(model_dir)
+    tokenizer = task.load_tokenizer()
+    model = task.build_model(tokenizer)
+    if has_adapter:
+        if config.adapter is None:
+            raise ConfigError(f"'{model_dir}' holds an adapter, but the run config has no adapter: section to load it")
+        adapter_cls = pm.adapters.get(config.adapter.type)
+        adapter = adapter_cls(adapter_cls.parse_options(config.adapter.options()), config)
+        model = adapter.load(model, model_dir, task)
+    model.eval()
+    return task, tokenizer, model
+
+
 def _run_params(config: RunConfig, runtime: Any, model: torch.nn.Module) -> dict[str, Any]:
     import platform
 
@@ -333,5 +394,5 @@ def _run_params(config: RunConfig, runtime: Any, model: torch.nn.Module) -> dict
             "hostname": platform.node(),
             "pid": os.getpid(),
         },
-        "parameters": {"trainable": trainable, "total": total},
+        "parameters": {"trainable": trainable, "total": total, "trainable_fraction": trainable / max(total, 1)},
     }
