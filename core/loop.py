@@ -37,7 +37,8 @@ class TrainState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     nonfinite_skips: int = 0
-    world_size: int = 1
+    world_size: int = 1  # processes that wrote this state
+    micro_batch_size: int = 0  # training.batch_size that wrote it (0: unknown); with world_size, the data position
 
 
 @dataclass
@@ -55,6 +56,8 @@ class RunContext:
     trackers: Trackers
     checkpoints: CheckpointManager
     features: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    optimizer: Any = None  # the prepared optimizer (hooks may adjust hyperparameters, e.g. PBT)
+    scheduler: Any = None  # the prepared LR scheduler
 
     @property
     def is_main(self) -> bool:
@@ -169,11 +172,12 @@ def fit(
             if not rt.sync_gradients:
                 continue
 
-            grad_norm = rt.clip_grad_norm(model, t.max_grad_norm)
             loss_value = rt.mean(torch.stack(losses).float().mean())
             losses.clear()
-            if not math.isfinite(loss_value) or (grad_norm is not None and not math.isfinite(grad_norm)):
-                optimizer.zero_grad(set_to_none=True)
+            # clip + step + zero grads; nothing is applied when the loss or the gradients are not finite
+            outcome = rt.optimizer_step(model, optimizer, t.max_grad_norm, discard=not math.isfinite(loss_value))
+            grad_norm = outcome.grad_norm
+            if outcome.nonfinite:
                 s.nonfinite_skips += 1
                 if t.nan_policy == "stop" or s.nonfinite_skips > t.max_nan_skips:
                     path = save_checkpoint()
@@ -185,10 +189,8 @@ def fit(
                 progress.write(f"step {s.step + 1}: non-finite loss/gradients, step skipped ({s.nonfinite_skips})")
                 s.batch_in_epoch = consumed
                 continue
-            optimizer.step()
-            if not rt.optimizer_step_was_skipped:
+            if outcome.applied:
                 scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             s.step += 1
             s.batch_in_epoch = consumed
 
