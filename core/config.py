@@ -17,12 +17,21 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from tuneforge.errors import ConfigError, did_you_mean
+
+
+def _yaml_no(value: Any) -> Any:
+    """YAML 1.1 reads a bare ``no`` as ``False``; in an option list it means the string."""
+    return "no" if value is False else value
+
+
+MixedPrecision = Annotated[Literal["no", "fp16", "bf16"], BeforeValidator(_yaml_no)]
+EvalStrategy = Annotated[Literal["epoch", "steps", "no"], BeforeValidator(_yaml_no)]
 
 
 class Section(BaseModel):
@@ -94,7 +103,7 @@ class TrainingConfig(Section):
     warmup_steps: int = Field(0, ge=0, description="Linear warmup steps (added to warmup_ratio's).")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of total steps used for warmup.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip gradients to this norm; null disables.")
-    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="Autocast precision (Accelerate).")
+    mixed_precision: MixedPrecision = Field("no", description="Autocast precision (Accelerate).")
     seed: int = Field(42, ge=0, description="Seed for weights init, dropout and data order.")
     group_by_length: bool = Field(False, description="Batch examples of similar length (less padding).")
     log_every_n_steps: int = Field(10, ge=1, description="Console/tracker logging interval in steps.")
@@ -113,7 +122,7 @@ class TrainingConfig(Section):
 
 
 class EvaluationConfig(Section):
-    strategy: Literal["epoch", "steps", "no"] = Field("epoch", description="When to evaluate on validation.")
+    strategy: EvalStrategy = Field("epoch", description="When to evaluate on validation.")
     every_n_steps: int | None = Field(None, ge=1, description="Evaluation interval when strategy=steps.")
     metric: str | None = Field(None, description="Metric for best-model selection; default: the task's primary.")
     greater_is_better: bool | None = Field(None, description="Direction of `metric`; default: the task's.")
@@ -155,6 +164,260 @@ class DistributedConfig(Section):
     timeout_minutes: int = Field(30, ge=1, description="Collective-operation timeout.")
 
 
+class MetaSourceTask(Section):
+    """One task of a listed meta-learning collection: an ordinary task config and its data."""
+
+    name: str = Field(description="Name of this task in reports.")
+    task: TaskConfig = Field(description="The task plugin config (task.name + its options).")
+    data: DataConfig = Field(description="The task's data files (train is used; validation/test are added).")
+
+
+class MetaEvalConfig(Section):
+    """Meta-test: few-shot fine-tuning on held-out episodes, reported with 95% confidence intervals."""
+
+    ways: list[int] = Field(default_factory=lambda: [5], description="N (classes per episode) settings to test.")
+    shots: list[int] = Field(default_factory=lambda: [1, 5], description="K (support examples per class) settings.")
+    query: int = Field(5, ge=1, description="Query examples per class scored in each test episode.")
+    episodes: int = Field(100, ge=1, description="Held-out episodes per (ways, shots) setting.")
+    steps: int | None = Field(None, ge=0, description="Fine-tuning steps per episode; default: meta.inner_steps.")
+    lr: float | None = Field(None, gt=0, description="Fine-tuning learning rate; default: meta.inner_lr.")
+    batch_size: int | None = Field(None, ge=1, description="Support examples per step; default: the whole support set.")
+    baselines: list[Literal["pretrained", "multitask"]] = Field(
+        default_factory=lambda: ["pretrained", "multitask"],
+        description="Starts compared with the meta-learned one on the same episodes.",
+    )
+
+    @model_validator(mode="after")
+    def _positive_settings(self) -> MetaEvalConfig:
+        if not self.ways or any(w < 2 for w in self.ways):
+            raise ValueError(f"ways must list numbers >= 2, got {self.ways}")
+        if not self.shots or any(k < 1 for k in self.shots):
+            raise ValueError(f"shots must list numbers >= 1, got {self.shots}")
+        return self
+
+
+class MetaConfig(Section):
+    """``tuneforge meta``: meta-train a start on many tasks, then test few-shot adaptation (docs/meta-learning.md)."""
+
+    algorithm: str = Field("reptile", description="Meta-learning algorithm plugin (reptile, fomaml, ...).")
+    collection: Literal["labels", "tasks"] = Field(
+        "labels",
+        description="labels: split the labels of data.train (+validation/test) into disjoint meta-train/val/test "
+        "sets; tasks: the tasks listed in meta.tasks / meta.val_tasks / meta.test_tasks.",
+    )
+    val_labels: float = Field(0.2, gt=0, description="collection=labels: meta-val labels (fraction < 1, or a count).")
+    test_labels: float = Field(0.2, gt=0, description="collection=labels: meta-test labels (fraction < 1, or a count).")
+    tasks: list[MetaSourceTask] = Field(default_factory=list, description="collection=tasks: meta-train tasks.")
+    val_tasks: list[MetaSourceTask] = Field(default_factory=list, description="collection=tasks: meta-val tasks.")
+    test_tasks: list[MetaSourceTask] = Field(default_factory=list, description="collection=tasks: meta-test tasks.")
+    ways: int = Field(5, ge=2, description="Classes per meta-training episode.")
+    shots: int = Field(5, ge=1, description="Support examples per class in a meta-training episode.")
+    query: int = Field(5, ge=1, description="Query examples per class in a meta-training episode.")
+    meta_steps: int = Field(200, ge=0, description="Outer (meta) updates.")
+    meta_batch_size: int = Field(4, ge=1, description="Episodes per outer update (spread over processes).")
+    inner_steps: int = Field(5, ge=1, description="Inner-loop steps on each episode.")
+    inner_lr: float = Field(1e-3, gt=0, description="Inner-loop learning rate.")
+    inner_optimizer: Literal["sgd", "adam"] = Field("adam", description="Inner-loop optimizer (fresh per episode).")
+    outer_lr: float = Field(1.0, gt=0, description="Outer learning rate (Reptile's epsilon; FOMAML's step size).")
+    outer_optimizer: Literal["sgd", "adam"] = Field("sgd", description="Optimizer applying the meta-gradient.")
+    outer_schedule: Literal["constant", "linear"] = Field("linear", description="Outer lr schedule (linear: to 0).")
+    learn: Literal["full", "top_layers", "adapter"] = Field(
+        "full",
+        description="What is meta-learned: the whole encoder, its top meta.top_layers layers (lower layers frozen "
+        "and cached), or the adapter given in the adapter: section (e.g. LoRA).",
+    )
+    top_layers: int = Field(1, ge=1, description="learn=top_layers: trainable top transformer layers.")
+    pooling: Literal["mean", "cls"] = Field("mean", description="Sentence embedding: mean of tokens or [CLS].")
+    head_scale: float = Field(10.0, gt=0, description="Temperature of the cosine head (prototype-initialised).")
+    multitask_steps: int | None = Field(
+        None, ge=0, description="Steps of the multi-task baseline; default: meta_steps * meta_batch_size."
+    )
+    multitask_batch_size: int = Field(32, ge=1, description="Examples per multi-task baseline step.")
+    multitask_lr: float | None = Field(None, gt=0, description="Adam lr of the multi-task baseline; default: inner_lr.")
+    val_episodes: int = Field(20, ge=0, description="Meta-val episodes scored after training (0: none).")
+    val_every: int | None = Field(None, ge=1, description="Also score meta-val every N meta-steps.")
+    seed: int | None = Field(None, ge=0, description="Seed of label splits and episodes; default: training.seed.")
+    eval: MetaEvalConfig = Field(default_factory=MetaEvalConfig)
+
+    @model_validator(mode="after")
+    def _collection_needs(self) -> MetaConfig:
+        if self.collection == "tasks":
+            if not self.tasks or not self.test_tasks:
+                raise ValueError("collection 'tasks' needs meta.tasks (meta-train) and meta.test_tasks (meta-test)")
+            names = [t.name for t in self.tasks + self.val_tasks + self.test_tasks]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"task names must be unique across tasks/val_tasks/test_tasks; repeated: {dupes}")
+        elif self.tasks or self.val_tasks or self.test_tasks:
+            raise ValueError("meta.tasks/val_tasks/test_tasks need collection: tasks (collection is 'labels')")
+        for key in ("val_labels", "test_labels"):
+            value = getattr(self, key)
+            if value >= 1 and value != int(value):
+                raise ValueError(f"{key} must be a fraction below 1 or a whole number of labels, got {value}")
+        return self
+
+
+class SearchParam(Section):
+    """One searched hyperparameter, addressed by its dotted config key (``training.lr``)."""
+
+    type: Literal["float", "int", "categorical"] = Field(description="float, int or categorical.")
+    low: float | None = Field(None, description="float/int: lower bound (inclusive).")
+    high: float | None = Field(None, description="float/int: upper bound (inclusive).")
+    log: bool = Field(False, description="float/int: sample on a log scale (low must be > 0).")
+    step: float | None = Field(None, gt=0, description="float/int: quantisation step (not with log).")
+    choices: list[Any] | None = Field(None, description="categorical: the values to choose from.")
+    when: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Conditional parameter: searched only when these keys (searched or fixed in the config) "
+        "have these values, e.g. {adapter.type: lora}; a list means any of its values.",
+    )
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> SearchParam:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("a categorical parameter takes only 'choices' (not low/high/log/step)")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"'choices' is for categorical parameters; a {self.type} parameter takes low/high")
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs 'low' and 'high'")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got low={self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("'step' and 'log' cannot be combined")
+        if self.type == "int":
+            for name in ("low", "high", "step"):
+                value = getattr(self, name)
+                if value is not None and value != int(value):
+                    raise ValueError(f"an int parameter needs a whole '{name}', got {value}")
+        return self
+
+
+class SearchObjective(Section):
+    """What a trial is scored by: a logged metric and its direction."""
+
+    metric: str = Field(
+        description="validation.<m> (best value over the run's evaluations), test.<m>, train_seconds, "
+        "wall_seconds, steps, trainable_params or total_params."
+    )
+    direction: Literal["maximize", "minimize"] | None = Field(
+        None, description="Default: the task's direction for validation/test metrics, minimize otherwise."
+    )
+
+
+class SearchPruner(Section):
+    """Stop unpromising trials early from their intermediate validation values."""
+
+    type: Literal["none", "median", "successive_halving", "asha", "hyperband"] = Field(
+        "none", description="median, successive_halving (asha is the same asynchronous rule), hyperband, or none."
+    )
+    n_startup_trials: int = Field(3, ge=0, description="median: never prune before this many trials finished.")
+    n_warmup_steps: int = Field(0, ge=0, description="median: never prune a trial before this step.")
+    min_resource: int | None = Field(None, ge=1, description="SHA/Hyperband: steps before the first rung (auto).")
+    max_resource: int | None = Field(None, ge=1, description="Hyperband: steps of a full trial (default: auto).")
+    reduction_factor: int = Field(3, ge=2, description="SHA/Hyperband: keep 1/reduction_factor at each rung.")
+
+
+class SearchTrial(Section):
+    """How each trial process is launched (the same distributed settings as a normal run)."""
+
+    nproc: int = Field(1, ge=1, description="Processes per trial (>1: launched with torchrun, gloo/nccl).")
+    timeout_minutes: float | None = Field(None, gt=0, description="Kill a trial's process group after this long.")
+    keep_checkpoints: bool = Field(False, description="Keep each trial's checkpoints (PBT keeps them regardless).")
+    export: bool = Field(False, description="Export each trial's model to its run dir (output.export).")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables of trial processes.")
+
+
+class SearchWarmStart(Section):
+    """Trials run before the strategy's own: known-good configs and the best of earlier studies."""
+
+    enqueue: list[dict[str, Any]] = Field(
+        default_factory=list, description="Parameter sets ({dotted key: value}) evaluated first."
+    )
+    studies: list[str] = Field(
+        default_factory=list, description="Earlier study directories (or storage URLs#study) to take best trials from."
+    )
+    top_k: int = Field(3, ge=1, description="Best trials taken from each earlier study.")
+
+
+class SearchConfig(Section):
+    """``tuneforge search``: a study of trials, each an ordinary run of this config plus overrides."""
+
+    strategy: str = Field("tpe", description="Search strategy plugin: random, grid, tpe, gp, cmaes, nsga2, sobol, "
+                          "pbt, reinforce, or one a plugin registers.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Strategy options (its Options model).")
+    params: dict[str, SearchParam] = Field(description="The search space: dotted config key -> parameter.")
+    objectives: list[SearchObjective] = Field(
+        default_factory=list, description="Default: the run's selection metric on validation. Several: Pareto front."
+    )
+    n_trials: int = Field(20, ge=1, description="Trials in the study (all workers and sessions together).")
+    timeout_minutes: float | None = Field(None, gt=0, description="Stop starting new trials after this long.")
+    workers: int = Field(1, ge=1, description="Trials run at once on this machine (--workers).")
+    pruner: SearchPruner = Field(default_factory=SearchPruner)
+    dir: str = Field("runs/search", description="The study directory (trials, study.db, report).")
+    storage: str | None = Field(None, description="Optuna RDB URL; default sqlite:///<dir>/study.db.")
+    study_name: str | None = Field(None, description="Default: the study directory's name.")
+    seed: int | None = Field(None, ge=0, description="Seed of the strategy; default: training.seed.")
+    heartbeat_seconds: int = Field(10, ge=1, description="Trial heartbeat; a silent RUNNING trial is stale after 2x.")
+    max_retries: int = Field(1, ge=0, description="Re-runs of a trial left stale by a dead worker.")
+    trial: SearchTrial = Field(default_factory=SearchTrial)
+    warm_start: SearchWarmStart = Field(default_factory=SearchWarmStart)
+
+    @model_validator(mode="after")
+    def _check_search(self) -> SearchConfig:
+        if not self.params:
+            raise ValueError("search.params is empty: name at least one dotted config key to search")
+        for key in self.params:
+            problem = config_key_problem(key)
+            if problem:
+                raise ValueError(f"search.params: {problem}")
+        names = [o.metric for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"search.objectives repeats a metric: {names}")
+        if self.pruner.type != "none" and len(self.objectives) > 1:
+            raise ValueError("pruning needs a single objective; set search.pruner.type: none for multi-objective")
+        return self
+
+
+def config_key_problem(dotted: str) -> str | None:
+    """Why ``dotted`` is not a settable key of :class:`RunConfig` (with a did-you-mean), or None.
+
+    Keys under the open ``task``/``adapter`` sections and under dict fields
+    (``model.config_overrides.*``) are accepted here; plugins validate them later.
+    """
+    parts = dotted.split(".")
+    if any(not p for p in parts):
+        return f"'{dotted}' is not a dotted config key (e.g. training.lr)"
+    if parts[0] in ("search", "meta"):
+        return f"'{dotted}': the {parts[0]} section itself cannot be searched"
+    current: Any = RunConfig
+    for i, part in enumerate(parts):
+        fields = getattr(current, "model_fields", {})
+        if part not in fields:
+            if getattr(current, "model_config", {}).get("extra") == "allow":
+                return None  # a plugin's option (task:/adapter:); its Options model checks it
+            where = ".".join(parts[:i])
+            full = {".".join([*parts[:i], f]): f for f in fields}
+            hint = did_you_mean(".".join(parts[: i + 1]), full)
+            return (f"unknown config key '{dotted}'{hint}; "
+                    f"valid keys in {where or 'the top level'}: {', '.join(fields)}")
+        annotation = fields[part].annotation
+        sub = _model_in(annotation)
+        if sub is None:
+            if i == len(parts) - 1:
+                return None
+            if "dict" in str(annotation):
+                return None  # e.g. model.config_overrides.hidden_dropout_prob
+            return f"'{dotted}': '{'.'.join(parts[: i + 1])}' is a value, not a section"
+        current = sub
+    return f"'{dotted}' is a whole section; search one of its keys ({', '.join(current.model_fields)})"
+
+
 class RunConfig(Section):
     """A whole run. Sections are documented in docs/config.md (generated from this schema)."""
 
@@ -166,6 +429,8 @@ class RunConfig(Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
     adapter: AdapterConfig | None = None
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    meta: MetaConfig | None = Field(None, description="Meta-learning (`tuneforge meta`); see docs/meta-learning.md.")
+    search: SearchConfig | None = Field(None, description="Hyperparameter search (`tuneforge search`); see docs/search.md.")
     trackers: list[str] = Field(default_factory=lambda: ["jsonl"], description="Tracker plugins to log to.")
     plugins: list[str] = Field(default_factory=list, description="Extra plugin modules to import and register.")
     resume: str = Field("never", description="'never', 'auto' (latest complete checkpoint), or a checkpoint path.")
@@ -173,7 +438,8 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
         d = self.data
-        if d.train is None and d.hf_dataset is None:
+        listed_tasks = self.meta is not None and self.meta.collection == "tasks"
+        if d.train is None and d.hf_dataset is None and not listed_tasks:
             raise ValueError("data needs a training file (data.train) or a dataset name (data.hf_dataset)")
         ev = self.evaluation
         has_validation = d.validation is not None or d.validation_fraction is not None or d.hf_dataset
@@ -241,6 +507,12 @@ def resolve_paths(raw: dict[str, Any], base: Path, keys: tuple[str, ...] = _CONF
     name = _get(raw, "model.name_or_path")
     if isinstance(name, str) and _looks_local(name):
         _set(raw, "model.name_or_path", _resolve(name, base))
+    meta = raw.get("meta")
+    if isinstance(meta, dict):  # data files of listed meta-learning tasks
+        for group in ("tasks", "val_tasks", "test_tasks"):
+            for item in meta.get(group) or []:
+                if isinstance(item, dict) and isinstance(item.get("data"), dict):
+                    resolve_paths(item, base, ("data.train", "data.validation", "data.test"))
 
 
 def parse_override(text: str) -> tuple[str, Any]:

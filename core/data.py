@@ -181,6 +181,9 @@ def make_loader(
         collate_fn=collate,
         num_workers=num_workers,
         drop_last=False,
+        # Iterator creation draws a base seed; from its own generator it leaves the global
+        # RNG (dropout) untouched, so a resumed run consumes random numbers exactly as before.
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

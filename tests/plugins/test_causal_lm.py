@@ -1,0 +1,229 @@
+"""Causal-LM instruction tuning: parsing, label masking, packing, perplexity, a tiny run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tuneforge.config import validate
+from tuneforge.errors import ConfigError, DataError
+from tuneforge.plugins.causal_lm import CausalLMTask, pack_features, perplexity_metrics
+
+pytestmark = pytest.mark.usefixtures("tf_single_thread")
+
+
+def make_task(model_dir: str, data: dict[str, str] | None = None, **options) -> CausalLMTask:
+    cfg = validate({
+        "model": {"name_or_path": model_dir},
+        "task": {"name": "causal_lm", **options},
+        "data": {"train": "train.jsonl", "max_length": 64, **(data or {})},
+    })
+    return CausalLMTask(CausalLMTask.parse_options(cfg.task.options()), cfg)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_llama):
+    return AutoTokenizer.from_pretrained(tiny_llama)
+
+
+def trained_text(tokenizer, feature) -> str:
+    return tokenizer.decode([t for t in feature["labels"] if t != -100])
+
+
+def test_prompt_response_without_template_masks_prompt(tiny_llama, tokenizer):
+    task = make_task(tiny_llama, use_chat_template="never", prompt_template="Q: {prompt}\nA:")
+    [feat] = task.encode([{"prompt": "play music", "response": " yes please"}], tokenizer, "train")
+    prompt_ids = tokenizer("Q: play music\nA:")["input_ids"]
+    n = len(prompt_ids)
+    assert feat["input_ids"][:n] == prompt_ids
+    assert feat["labels"][:n] == [-100] * n
+    assert feat["labels"][n:] == feat["input_ids"][n:]
+    assert feat["input_ids"][-1] == tokenizer.eos_token_id  # the model learns to stop
+    assert trained_text(tokenizer, feat) == " yes please</s>"
+
+
+def test_chat_messages_train_only_assistant_turns(tiny_llama, tokenizer):
+    task = make_task(tiny_llama)
+    messages = [
+        {"role": "system", "content": "be short"},
+        {"role": "user", "content": "good"},
+        {"role": "assistant", "content": "bad"},
+        {"role": "user", "content": "sun"},
+        {"role": "assistant", "content": "rain"},
+    ]
+    [feat] = task.encode([{"messages": messages}], tokenizer, "validation")
+    text = tokenizer.decode(feat["input_ids"])
+    assert text == tokenizer.apply_chat_template(messages, tokenize=False)
+    # exactly the two assistant contents (with their end-of-turn) carry labels
+    spans, current = [], []
+    for tok, lab in zip(feat["input_ids"], feat["labels"]):
+        if lab != -100:
+            assert lab == tok
+            current.append(tok)
+        elif current:
+            spans.append(tokenizer.decode(current))
+            current = []
+    spans += [tokenizer.decode(current)] if current else []
+    assert spans == ["bad</s>\n", "rain</s>\n"]
+
+
+def test_prompt_response_uses_chat_template_when_present(tiny_llama, tokenizer):
+    task = make_task(tiny_llama)
+    [feat] = task.encode([{"prompt": "good", "response": "bad"}], tokenizer, "test")
+    assert tokenizer.decode(feat["input_ids"]).startswith("<|user|>\ngood</s>\n<|assistant|>\n")
+    assert trained_text(tokenizer, feat) == "bad</s>\n"
+    assert tokenizer.decode(feat["input_ids"][: feat["prompt_length"]]) == "<|user|>\ngood</s>\n<|assistant|>\n"
+
+
+def test_collate_pads_inputs_with_pad_and_labels_with_ignore(tiny_llama, tokenizer):
+    task = make_task(tiny_llama, use_chat_template="never")
+    feats = task.encode([{"prompt": "a", "response": "b"}, {"prompt": "good movie today", "response": "bad film"}],
+                        tokenizer, "train")
+    batch = task.collate(feats, tokenizer)
+    short = len(feats[0]["input_ids"])
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    assert (batch["input_ids"][0, short:] == tokenizer.pad_token_id).all()
+    assert (batch["labels"][0, short:] == -100).all() and (batch["attention_mask"][0, short:] == 0).all()
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"messages": [{"role": "user", "content": "hi"}]}, "record 2: field 'messages' has no 'assistant' turn"),
+        ({"messages": [{"role": "user"}]}, "record 2: messages[0] must be an object with string 'role' and 'content'"),
+        ({"messages": "hi"}, "record 2: field 'messages' must be a non-empty list"),
+        ({"prompt": "hi"}, "record 2: field 'response' must be a string"),
+        ({"prompt": "hi", "response": 3}, "record 2: field 'response' must be a string"),
+        ({"prompt": "hi", "response": "  "}, "record 2: field 'response' is empty"),
+    ],
+)
+def test_bad_records_name_file_record_and_field(tiny_llama, tokenizer, record, message):
+    task = make_task(tiny_llama, data={"validation": "dev.jsonl"})
+    good = {"prompt": "good", "response": "bad"}
+    with pytest.raises(DataError) as err:
+        task.encode([good, record], tokenizer, "validation")
+    assert "dev.jsonl" in str(err.value) and message in str(err.value)
+
+
+def test_chat_without_template_is_a_data_error(tiny_llama, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    tok.chat_template = None
+    task = make_task(tiny_llama)
+    with pytest.raises(DataError, match="record 1: chat 'messages' need a tokenizer with a chat template"):
+        task.encode([{"messages": [{"role": "assistant", "content": "x"}]}], tok, "train")
+    with pytest.raises(ConfigError, match="use_chat_template=always"):
+        make_task(tiny_llama, use_chat_template="always").encode([{"prompt": "a", "response": "b"}], tok, "train")
+
+
+def test_truncation_and_examples_without_response_tokens(tiny_llama, tokenizer, caplog):
+    task = make_task(tiny_llama, data={"max_length": 12}, use_chat_template="never")
+    long_prompt = {"prompt": "good " * 30, "response": "bad"}
+    fits = {"prompt": "good", "response": "bad"}
+    with caplog.at_level(logging.INFO):
+        feats = task.encode([fits, long_prompt], tokenizer, "train")
+    assert len(feats) == 1 and len(feats[0]["input_ids"]) <= 12
+    assert "1 of 2 examples truncated to 12 tokens" in caplog.text
+    assert "1 of 2 examples have no response tokens" in caplog.text and "dropped from training" in caplog.text
+    kept = task.encode([fits, long_prompt], tokenizer, "validation")
+    assert len(kept) == 2 and len(kept[1]["input_ids"]) == 12  # evaluation keeps one row per record
+    with pytest.raises(DataError, match="no training example has response tokens"):
+        task.encode([long_prompt], tokenizer, "train")
+
+
+def test_pad_token_falls_back_to_eos(tiny_gpt2, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2)
+    tok.pad_token = None
+    tok.save_pretrained(tmp_path)
+    task = make_task(tiny_gpt2)
+    task.config.model.tokenizer = str(tmp_path)
+    loaded = task.load_tokenizer()
+    assert loaded.pad_token == loaded.eos_token == "</s>"
+    [feat] = task.encode([{"prompt": "a", "response": "b"}], loaded, "train")
+    assert feat["labels"][-2] == loaded.eos_token_id  # eos still trained although it pads
+
+
+def test_pack_features_layout():
+    feats = [
+        {"input_ids": [1, 2, 3], "labels": [-100, 2, 3]},
+        {"input_ids": [4, 5], "labels": [-100, 5]},
+        {"input_ids": [6, 7, 8, 9], "labels": [6, 7, 8, 9]},
+    ]
+    blocks = pack_features(feats, block=6, pad_id=0)
+    assert blocks == [
+        {"input_ids": [1, 2, 3, 4, 5, 0], "labels": [-100, 2, 3, -100, 5, -100], "position_ids": [0, 1, 2, 0, 1, 0]},
+        {"input_ids": [6, 7, 8, 9, 0, 0], "labels": [-100, 7, 8, 9, -100, -100], "position_ids": [0, 1, 2, 3, 0, 1]},
+    ]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_packed_loss_equals_separate_examples(fixture, request, tokenizer, tiny_instruction_data):
+    """Packing must not let an example see (or predict) its neighbours: the summed loss of
+    a packed block equals the summed losses of its examples run one by one."""
+    model_dir = request.getfixturevalue(fixture)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    task = make_task(model_dir, data={"max_length": 64}, packing=True)
+    records = [json.loads(x) for x in Path(tiny_instruction_data["train"]).read_text().splitlines()[:4]]
+    single = make_task(model_dir, data={"max_length": 64}).encode(records, tokenizer, "train")
+    blocks = task.encode(records, tokenizer, "train")
+    assert len(blocks) < len(single) and all(len(b["input_ids"]) == 64 for b in blocks)
+
+    def summed_nll(batch):
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:], ignore_index=-100, reduction="sum"
+        )
+
+    with torch.no_grad():
+        packed = summed_nll(task.collate(blocks, tokenizer))
+        separate = sum(summed_nll(task.collate([f], tokenizer)) for f in single)
+        naive = summed_nll({"input_ids": torch.tensor([b["input_ids"] for b in blocks]),
+                            "labels": torch.tensor([b["labels"] for b in blocks])})
+    assert packed.item() == pytest.approx(separate.item(), rel=1e-4)
+    assert abs(naive.item() - separate.item()) > 1e-3  # without position ids examples would see each other
+
+
+def test_perplexity_is_token_weighted():
+    # two examples: 3 tokens with total NLL 3.0, 1 token with NLL 2.0 -> mean 5/4
+    m = perplexity_metrics(np.array([3.0, 2.0]), np.array([3, 1]))
+    assert m["loss"] == pytest.approx(1.25) and m["perplexity"] == pytest.approx(math.exp(1.25))
+    assert m["eval_tokens"] == 4
+
+
+def test_evaluation_step_per_example_nll(tiny_llama, tokenizer):
+    task = make_task(tiny_llama, use_chat_template="never")
+    feats = task.encode([{"prompt": "a", "response": "b c"}, {"prompt": "good movie", "response": "bad"}],
+                        tokenizer, "validation")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    batch = task.collate(feats, tokenizer)
+    with torch.no_grad():
+        out = task.evaluation_step(model, batch)
+        for i, f in enumerate(feats):  # the model's own mean loss on each example alone
+            alone = model(input_ids=torch.tensor([f["input_ids"]]), labels=torch.tensor([f["labels"]])).loss
+            assert out["loss"][i].item() == pytest.approx(alone.item(), rel=1e-4)
+    assert out["tokens"].tolist() == [sum(t != -100 for t in f["labels"][1:]) for f in feats]
+
+
+def test_tiny_instruction_run_learns(tf_run, tiny_causal_lm_config):
+    config = tiny_causal_lm_config
+    config["task"].update({"generation_samples": 2, "max_new_tokens": 6})
+    config["training"].update({"max_steps": 16, "lr": 2e-2})
+    config["evaluation"] = {"strategy": "steps", "every_n_steps": 8}
+    config["data"]["max_length"] = 40
+    results, run_dir = tf_run(config)
+    assert results["status"] == "completed" and results["metric"] == "perplexity"
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [x["loss"] for x in lines if x["split"] == "train"]
+    val = [x["perplexity"] for x in lines if x["split"] == "validation"]
+    assert train[-1] < train[0] * 0.7
+    assert len(val) == 2 and val[-1] < val[0]
+    assert results["test"]["perplexity"] < 400  # vocabulary size: below chance
+    samples = [json.loads(x) for x in (run_dir / "reports" / "test_generations.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 and all(s["prompt"].startswith("<|user|>") and s["reference"] for s in samples)
+    assert all(isinstance(s["generated"], str) for s in samples)

@@ -1,0 +1,131 @@
+"""Config loading, validation messages and overrides."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tuneforge.config import RunConfig, apply_overrides, load_config, parse_override, validate
+from tuneforge.errors import ConfigError
+
+BASE = {
+    "model": {"name_or_path": "some/model"},
+    "task": {"name": "classification"},
+    "data": {"train": "train.csv"},
+}
+
+
+def write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_defaults_live_in_the_schema():
+    cfg = validate(BASE)
+    assert cfg.training.lr == 5e-5 and cfg.training.scheduler == "linear"
+    assert cfg.trackers == ["jsonl"] and cfg.resume == "never"
+    assert cfg.eval_batch_size() == 2 * cfg.training.batch_size
+
+
+def test_unknown_key_names_path_and_suggests(tmp_path):
+    raw = {**BASE, "training": {"lrr": 1e-4}}
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, raw))
+    msg = str(err.value)
+    assert "unknown key 'training.lrr'" in msg and "did you mean 'lr'?" in msg
+    assert str(tmp_path / "run.yaml") in msg
+    assert len(msg.splitlines()) == 1
+
+
+def test_unknown_section_suggests():
+    with pytest.raises(ConfigError, match=r"unknown key 'trainig'.*did you mean 'training'"):
+        validate({**BASE, "trainig": {}})
+
+
+def test_wrong_type_and_range_name_the_key():
+    with pytest.raises(ConfigError, match=r"'training.batch_size'.*valid integer.*got 'big'"):
+        validate({**BASE, "training": {"batch_size": "big"}})
+    with pytest.raises(ConfigError, match=r"'training.lr'.*greater than 0.*got -1"):
+        validate({**BASE, "training": {"lr": -1}})
+    with pytest.raises(ConfigError, match=r"'training.scheduler'.*'linear', 'cosine' or 'constant'"):
+        validate({**BASE, "training": {"scheduler": "step"}})
+    with pytest.raises(ConfigError, match=r"each beta must be in \[0, 1\)"):
+        validate({**BASE, "training": {"betas": [0.9, 1.5]}})
+
+
+def test_missing_required_and_cross_checks():
+    with pytest.raises(ConfigError, match="missing required key 'model'"):
+        validate({"task": {"name": "x"}, "data": {"train": "a"}})
+    with pytest.raises(ConfigError, match="needs every_n_steps"):
+        validate({**BASE, "evaluation": {"strategy": "steps"}})
+    with pytest.raises(ConfigError, match="early_stopping_patience needs evaluation"):
+        validate({**BASE, "evaluation": {"early_stopping_patience": 2}})
+
+
+def test_overrides_parse_yaml_values_and_numbers():
+    assert parse_override("training.lr=3e-5") == ("training.lr", 3e-5)
+    assert parse_override("training.max_steps=7") == ("training.max_steps", 7)
+    assert parse_override("trackers=[jsonl, tensorboard]") == ("trackers", ["jsonl", "tensorboard"])
+    assert parse_override("adapter.type=lora") == ("adapter.type", "lora")
+    raw = apply_overrides(BASE, ["training.lr=3e-5", "adapter.type=lora", "adapter.r=8"])
+    cfg = validate(raw)
+    assert cfg.training.lr == 3e-5 and cfg.adapter is not None and cfg.adapter.options() == {"r": 8}
+    assert BASE.get("adapter") is None  # the input is not mutated
+
+
+@pytest.mark.parametrize("bad", ["training.lr", "=3", "training..lr=1", "lr 3"])
+def test_malformed_overrides(bad):
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override(bad)
+
+
+def test_override_into_a_value_is_an_error():
+    with pytest.raises(ConfigError, match="'training.lr' is a value, not a section"):
+        apply_overrides(BASE | {"training": {"lr": 1.0}}, ["training.lr.x=1"])
+
+
+def test_paths_resolve_relative_to_config_file_and_overrides_to_cwd(tmp_path, monkeypatch):
+    sub = tmp_path / "configs"
+    sub.mkdir()
+    path = sub / "c.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "model": {"name_or_path": "./local-model"}}))
+    cfg = load_config(path)
+    assert cfg.data.train == str(sub / "train.csv")
+    assert cfg.model.name_or_path == str(sub / "local-model")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(path, ["data.validation=dev.csv"])
+    assert cfg.data.validation == str(tmp_path / "dev.csv")
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(bad)
+
+
+def test_fingerprint_is_stable_and_sensitive():
+    a, b = validate(BASE), validate(BASE)
+    assert a.fingerprint() == b.fingerprint()
+    assert a.fingerprint() != validate(apply_overrides(BASE, ["training.lr=1e-3"])).fingerprint()
+
+
+def test_every_shipped_config_validates():
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert configs, "configs/ has no YAML files"
+    for path in configs:
+        assert isinstance(load_config(path), RunConfig), path
+
+
+def test_yaml_no_means_the_option_not_false(tmp_path):
+    path = write(tmp_path, {**BASE, "evaluation": {"strategy": "no"}})
+    path.write_text(path.read_text().replace("strategy: 'no'", "strategy: no"))
+    assert "strategy: no" in path.read_text()
+    cfg = load_config(path, ["training.mixed_precision=no"])
+    assert cfg.evaluation.strategy == "no" and cfg.training.mixed_precision == "no"

@@ -1,0 +1,107 @@
+"""The plugin manager: entry points, registries, env vars, blame."""
+
+import types
+
+import pytest
+
+from tuneforge import hookimpl
+from tuneforge.errors import PluginError
+from tuneforge.hookspecs import hookspec  # noqa: F401 - the spec module must import cleanly
+from tuneforge.plugin_manager import COMPOSITION_HOOKS, PluginManager
+
+
+def plugin_module(name: str, **hooks) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    for hook_name, fn in hooks.items():
+        setattr(mod, hook_name, hookimpl(fn))
+    return mod
+
+
+def test_builtins_load_through_the_entry_point_group(tf_plugin_manager):
+    names = {p.name for p in tf_plugin_manager.plugins}
+    assert {"classification", "trackers"} <= names
+    info = next(p for p in tf_plugin_manager.plugins if p.name == "classification")
+    assert info.distribution == "tuneforge" and info.version
+    assert "tf_register_tasks" in info.hooks
+    tf_plugin_manager.build_registries()
+    assert "classification" in tf_plugin_manager.tasks
+    assert tf_plugin_manager.tasks.entry("classification").plugin == "classification"
+
+
+def test_duplicate_registration_names_both_plugins(tf_plugin_manager, tf_register):
+    class Other:
+        pass
+
+    tf_register(plugin_module("my_pkg.plugin", tf_register_tasks=lambda register: register("classification", Other)))
+    with pytest.raises(PluginError) as err:
+        tf_plugin_manager.build_registries()
+    msg = str(err.value)
+    assert "'classification' is registered twice" in msg
+    assert "plugin 'classification'" in msg and "plugin 'my_pkg.plugin'" in msg
+
+
+def test_unknown_name_suggests(tf_plugin_manager):
+    tf_plugin_manager.build_registries()
+    with pytest.raises(PluginError, match=r"unknown task 'clasification' \(did you mean 'classification'\?\)"):
+        tf_plugin_manager.tasks.get("clasification")
+
+
+def test_exception_in_a_hook_names_the_plugin(tf_plugin_manager, tf_register):
+    def boom(run):
+        raise RuntimeError("disk on fire")
+
+    tf_register(plugin_module("flaky", tf_on_fit_start=boom))
+    with pytest.raises(PluginError, match=r"plugin 'flaky' raised RuntimeError in tf_on_fit_start: disk on fire"):
+        tf_plugin_manager.call("tf_on_fit_start", run=None)
+
+
+def test_registration_hook_error_names_the_plugin(tf_plugin_manager, tf_register):
+    tf_register(plugin_module("broken", tf_register_trackers=lambda register: 1 / 0))
+    with pytest.raises(PluginError, match="plugin 'broken' raised ZeroDivisionError in tf_register_trackers"):
+        tf_plugin_manager.build_registries()
+
+
+def test_invalid_hookimpl_is_refused(tf_plugin_manager):
+    with pytest.raises(PluginError, match="plugin 'bad' is invalid"):
+        tf_plugin_manager.register(plugin_module("bad", tf_on_fit_start=lambda run, extra_arg: None), name="bad")
+
+
+def test_env_vars_select_and_disable(monkeypatch):
+    monkeypatch.setenv("TUNEFORGE_LOAD_PLUGINS", "trackers")
+    assert [p.name for p in PluginManager.default().plugins] == ["trackers"]
+    monkeypatch.delenv("TUNEFORGE_LOAD_PLUGINS")
+    monkeypatch.setenv("TUNEFORGE_DISABLE_PLUGINS", "classification")
+    pm = PluginManager.default().build_registries()
+    assert "classification" not in {p.name for p in pm.plugins}
+    with pytest.raises(PluginError, match="unknown task 'classification'"):
+        pm.tasks.get("classification")
+    monkeypatch.delenv("TUNEFORGE_DISABLE_PLUGINS")
+    monkeypatch.setenv("TUNEFORGE_LOAD_PLUGINS", "trackrs")
+    with pytest.raises(PluginError, match="did you mean 'trackers'"):
+        PluginManager.default()
+
+
+def test_observer_hooks_called_in_order_for_every_plugin(tf_plugin_manager, tf_register):
+    seen = []
+    tf_register(plugin_module("a", tf_on_step_end=lambda run, step, metrics: seen.append(("a", step))))
+    tf_register(plugin_module("b", tf_on_step_end=lambda run, step, metrics: seen.append(("b", step))))
+    tf_plugin_manager.call("tf_on_step_end", run=None, step=3, metrics={})
+    assert sorted(seen) == [("a", 3), ("b", 3)]
+    with pytest.raises(PluginError, match="unknown hook"):
+        tf_plugin_manager.call("tf_on_stepend", run=None)
+
+
+def test_trace_logs_which_plugin_answered(monkeypatch, caplog, tf_register, tf_plugin_manager):
+    monkeypatch.setenv("TUNEFORGE_TRACE_HOOKS", "1")
+    pm = PluginManager()
+    pm.register(plugin_module("traced", tf_on_fit_end=lambda run, result: None))
+    with caplog.at_level("INFO", logger="tuneforge.plugin_manager"):
+        pm.call("tf_on_fit_end", run=None, result=None)
+    assert "hook tf_on_fit_end -> plugin traced" in caplog.text
+
+
+def test_every_composition_hook_has_a_registry():
+    pm = PluginManager()
+    for hook_name, attr in COMPOSITION_HOOKS.items():
+        assert hook_name in PluginManager.hook_names()
+        assert getattr(pm, attr).kind
