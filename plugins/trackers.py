@@ -176,14 +176,14 @@ class MlflowTracker(Tracker):
         if self.client is None:
             self._start()
         params = plain(params)
-        config = flatten(params.get("config", self.config))
+        config = flatten(params.get("config") or self.config)
         other = flatten({k: v for k, v in params.items() if k != "config"})
         self.client.log_batch(
             self.run_id,
             params=[Param(k, str(v)[:6000]) for k, v in config.items()],
             tags=[RunTag(k, str(v)[:5000]) for k, v in other.items()],
         )
-        self.client.log_text(self.run_id, yaml.safe_dump(params.get("config", self.config), sort_keys=False),
+        self.client.log_text(self.run_id, yaml.safe_dump(params.get("config") or self.config, sort_keys=False),
                              "config.yaml")
 
     def log_metrics(self, step: int, metrics: dict[str, float], split: str) -> None:

@@ -68,7 +68,7 @@ def test_evaluate_run_reproduces_the_test_metrics_of_training(trained, capsys):
 def test_evaluate_model_dir_with_task_and_data(trained, tiny_classification_data, tmp_path, capsys):
     results, run_dir = trained
     out_dir = tmp_path / "ev"
-    code, out, err = cli(capsys, "evaluate", "--model", str(run_dir / "model"), "--task", "classification",
+    code, _, err = cli(capsys, "evaluate", "--model", str(run_dir / "model"), "--task", "classification",
                          "--data", tiny_classification_data["validation"], "--output", str(out_dir))
     assert code == 0, err
     metrics = json.loads((out_dir / "metrics.json").read_text())["metrics"]

@@ -1,0 +1,168 @@
+"""Batched inference with a trained model: what ``tuneforge evaluate`` and ``tuneforge predict`` share.
+
+A model is found either from a run directory (its ``config.yaml`` + ``model/``) or from a
+model directory plus a task name. Adapter runs (``model/adapter_config.json``) load the
+base model of the run's config and the saved adapter through the adapter plugin
+(:func:`tuneforge.run.load_trained_model`). Inference runs in one process, on the GPU
+when there is one, in batches, through the task's own ``encode``/``collate``/
+``evaluation_step``, so it works for any task plugin.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tuneforge.config import RunConfig, apply_overrides, read_yaml, validate
+from tuneforge.data import make_loader
+from tuneforge.distributed import to_numpy
+from tuneforge.errors import ConfigError
+from tuneforge.loop import _concat as concat_outputs
+from tuneforge.tasks import Task
+
+log = logging.getLogger("tuneforge")
+
+
+@dataclass
+class TrainedModel:
+    """A task, tokenizer and model ready for inference, and where they came from."""
+
+    config: RunConfig
+    task: Task
+    tokenizer: Any
+    model: torch.nn.Module
+    model_dir: Path
+    run_dir: Path | None
+    device: torch.device
+
+
+def resolve_source(
+    run: Path | None, model: Path | None, task: str | None, overrides: list[str]
+) -> tuple[RunConfig, Path, Path | None]:
+    """(config, model directory, run directory or None) from ``--run``/``--model``/``--task``."""
+    if run is not None:
+        config_path = run / "config.yaml"
+        if not config_path.is_file():
+            raise ConfigError(f"'{run}' is not a run directory ({config_path.name} is missing); "
+                              "pass the directory a `tuneforge train` wrote (its output.dir), or use --model")
+        model_dir = run / "model"
+        if not model_dir.is_dir():
+            raise ConfigError(f"run '{run}' has no exported model ({model_dir} is missing): it did not finish "
+                              "or was trained with output.export=false")
+        raw, source, run_dir = read_yaml(config_path), str(config_path), run
+    else:
+        assert model is not None
+        if not model.is_dir():
+            raise ConfigError(f"--model '{model}' is not a directory; pass a Hugging Face model directory "
+                              "(for example a run's model/)")
+        model_dir = model
+        parent_config = model.parent / "config.yaml"
+        if task is None and parent_config.is_file():  # a run's model/ directory
+            raw, source, run_dir = read_yaml(parent_config), str(parent_config), model.parent
+        elif task is None:
+            raise ConfigError(f"--model '{model}' is not inside a run directory, so tuneforge cannot tell its task; "
+                              "pass --task NAME (see `tuneforge plugins`)")
+        else:
+            # A config for loading only: data.train is required by the schema but never read here.
+            raw = {"model": {"name_or_path": str(model)}, "task": {"name": task}, "data": {"train": str(model)}}
+            source, run_dir = "command line", None
+    if task is not None and run is not None:
+        raw.setdefault("task", {})["name"] = task
+    config = validate(apply_overrides(raw, overrides), source=source)
+    return config, model_dir, run_dir
+
+
+def load(
+    run: Path | None = None,
+    model: Path | None = None,
+    task: str | None = None,
+    overrides: list[str] | None = None,
+    plugins: Any = None,
+) -> TrainedModel:
+    """Load a trained model for inference (see :func:`resolve_source` for the arguments)."""
+    from tuneforge.run import build_plugins, load_trained_model
+
+    config, model_dir, run_dir = resolve_source(run, model, task, list(overrides or []))
+    pm = plugins or build_plugins(config)
+    task_obj, tokenizer, net = load_trained_model(config, model_dir, pm)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net.to(device)
+    return TrainedModel(config, task_obj, tokenizer, net, model_dir, run_dir, device)
+
+
+def infer(
+    trained: TrainedModel, records: list[dict[str, Any]], split: str, batch_size: int | None = None
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Encode ``records`` as ``split`` and run the task's evaluation step over them in batches.
+
+    Returns (features, outputs): outputs are the per-feature arrays the task's
+    ``evaluation_step`` returns, concatenated in feature order.
+    """
+    task, tokenizer, model = trained.task, trained.tokenizer, trained.model
+    features = task.encode(records, tokenizer, split)
+    if not features:
+        return features, {}
+    size = batch_size or trained.config.eval_batch_size()
+    loader = make_loader(features, size, lambda feats: task.collate(feats, tokenizer), shuffle=False)
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(loader), desc=split, unit="batch", dynamic_ncols=True)
+    chunks: dict[str, list[np.ndarray]] = defaultdict(list)
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            batch = {k: v.to(trained.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            for key, value in to_numpy(task.evaluation_step(model, batch)).items():
+                chunks[key].append(value)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return features, {k: concat_outputs(v) for k, v in chunks.items()}
+
+
+def compute_metrics(
+    trained: TrainedModel, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]]
+) -> dict[str, float]:
+    """The task's metrics, plus the mean per-example ``loss`` when the task returns one."""
+    metrics = trained.task.compute_metrics(outputs, split, features)
+    if "loss" in outputs and "loss" not in metrics:
+        metrics["loss"] = float(np.mean(outputs["loss"]))
+    return metrics
+
+
+def predictions(
+    trained: TrainedModel, outputs: dict[str, np.ndarray], features: list[dict[str, Any]],
+    records: list[dict[str, Any]],
+) -> list[dict[str, Any]] | None:
+    """One prediction per record, or None when the task does not implement ``predictions``."""
+    if not features:
+        return []
+    try:
+        preds = trained.task.predictions(outputs, features, records)
+    except NotImplementedError:
+        return None
+    if len(preds) != len(records):
+        raise ConfigError(
+            f"task '{trained.config.task.name}' returned {len(preds)} predictions for {len(records)} records; "
+            "Task.predictions must return one per input record"
+        )
+    return preds
+
+
+def write_predictions(path: Path, records: list[dict[str, Any]], preds: list[dict[str, Any]]) -> None:
+    """JSON lines ``{"index": i, <prediction fields>, "input": <record>}`` in input order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for i, (record, pred) in enumerate(zip(records, preds)):
+            fh.write(json.dumps({"index": i, **pred, "input": record}, default=str, ensure_ascii=False) + "\n")
