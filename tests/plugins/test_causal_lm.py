@@ -175,7 +175,7 @@ def test_packed_loss_equals_separate_examples(fixture, request, tokenizer, tiny_
     assert len(blocks) < len(single) and all(len(b["input_ids"]) == 64 for b in blocks)
 
     def summed_nll(batch):
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
         return torch.nn.functional.cross_entropy(
             logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:], ignore_index=-100, reduction="sum"
         )
@@ -185,8 +185,11 @@ def test_packed_loss_equals_separate_examples(fixture, request, tokenizer, tiny_
         separate = sum(summed_nll(task.collate([f], tokenizer)) for f in single)
         naive = summed_nll({"input_ids": torch.tensor([b["input_ids"] for b in blocks]),
                             "labels": torch.tensor([b["labels"] for b in blocks])})
+        trained_tokens = sum(t != -100 for b in blocks for t in b["labels"][1:])
+        task_loss = task.training_loss(model, task.collate(blocks, tokenizer)).item()
     assert packed.item() == pytest.approx(separate.item(), rel=1e-4)
-    assert abs(naive.item() - separate.item()) > 1e-3  # without position ids examples would see each other
+    assert task_loss * trained_tokens == pytest.approx(separate.item(), rel=1e-4)
+    assert abs(naive.item() - separate.item()) > 1e-2  # without position ids examples would see each other
 
 
 def test_perplexity_is_token_weighted():

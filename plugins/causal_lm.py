@@ -1,0 +1,343 @@
+"""Causal-LM instruction tuning: any ``AutoModelForCausalLM`` on prompt/response pairs or
+chat ``messages``, with the loss on response tokens only, optional packing, perplexity on
+evaluation splits and optional generation samples written to the run directory.
+
+Records (jsonl/json/csv)::
+
+    {"prompt": "Translate to French: cat", "response": "chat"}
+    {"messages": [{"role": "system", "content": "..."}, {"role": "user", "content": "..."},
+                  {"role": "assistant", "content": "..."}]}
+
+Chat records are rendered with the tokenizer's chat template; every assistant turn is
+trained on, everything else (system/user turns, role markers) is masked with -100.
+Prompt/response records use the chat template too when the tokenizer has one
+(``use_chat_template: auto``), else ``prompt_template`` + response + EOS.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from tuneforge import hookimpl
+from tuneforge.data import pad_features, require_fields
+from tuneforge.errors import ConfigError, DataError
+from tuneforge.tasks import Task, TaskOptions, any_rank, decode_ids, generate, left_pad
+from tuneforge.text import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+MODEL_KEYS = ("input_ids", "attention_mask", "labels", "position_ids")
+
+
+class CausalLMOptions(TaskOptions):
+    input_format: Literal["auto", "prompt_response", "chat"] = Field(
+        "auto", description="auto: 'chat' for records with messages_field, else prompt/response."
+    )
+    prompt_field: str = Field("prompt", description="Field holding the prompt (instruction + input).")
+    response_field: str = Field("response", description="Field holding the target response.")
+    messages_field: str = Field("messages", description="Field holding a list of {role, content} chat turns.")
+    use_chat_template: Literal["auto", "always", "never"] = Field(
+        "auto", description="Render prompt/response pairs with the tokenizer's chat template (auto: when it has one)."
+    )
+    prompt_template: str = Field(
+        "{prompt}\n", description="Without a chat template: text before the response; must contain {prompt}."
+    )
+    train_on_prompt: bool = Field(False, description="Also compute the loss on prompt tokens.")
+    packing: bool = Field(
+        False,
+        description="Pack training examples into blocks of data.max_length; attention and positions are "
+        "reset per example (needs a model that honours packed position_ids, e.g. Llama, GPT-2, Qwen2, Mistral).",
+    )
+    generation_samples: int = Field(0, ge=0, description="Generate responses for the first N test records.")
+    max_new_tokens: int = Field(64, ge=1, description="Length limit of generated samples.")
+
+
+class CausalLMTask(Task):
+    name = "causal_lm"
+    Options = CausalLMOptions
+    primary_metric = "perplexity"
+    greater_is_better = False
+    options: CausalLMOptions
+
+    def __init__(self, options: Any, config: Any) -> None:
+        super().__init__(options, config)
+        if "{prompt}" not in options.prompt_template:
+            raise ConfigError(f"task.prompt_template must contain '{{prompt}}', got {options.prompt_template!r}")
+        self.tokenizer: Any = None  # set by load_tokenizer/encode; decodes generation samples
+
+    def prepare(self, train_records: list[dict[str, Any]]) -> None:
+        o = self.options
+        source = self.config.data.train or "train split"
+        if o.input_format == "prompt_response":
+            require_fields(train_records, [o.prompt_field, o.response_field], source)
+        elif o.input_format == "chat":
+            require_fields(train_records, [o.messages_field], source)
+
+    # -- model ------------------------------------------------------------------------
+
+    def load_tokenizer(self) -> Any:
+        tokenizer = super().load_tokenizer()
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise ConfigError(
+                    f"tokenizer of '{self.config.model.name_or_path}' has neither a pad nor an eos token; "
+                    "use a tokenizer that defines eos_token"
+                )
+            tokenizer.pad_token = tokenizer.eos_token
+            log.info("tokenizer has no pad token; padding with eos token %r", tokenizer.eos_token)
+        self.tokenizer = tokenizer
+        return tokenizer
+
+    def build_model(self, tokenizer: Any) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(self.model_path(), **self.pretrained_kwargs())
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        for cfg in (model.config, getattr(model, "generation_config", None)):
+            if cfg is not None and getattr(cfg, "pad_token_id", None) is None:
+                cfg.pad_token_id = tokenizer.pad_token_id
+        return model
+
+    # -- features ---------------------------------------------------------------------
+
+    def _uses_chat(self, record: dict[str, Any]) -> bool:
+        fmt = self.options.input_format
+        return fmt == "chat" or (fmt == "auto" and self.options.messages_field in record)
+
+    def _template(self, tokenizer: Any, source: str) -> bool:
+        mode = self.options.use_chat_template
+        has = bool(getattr(tokenizer, "chat_template", None))
+        if mode == "always" and not has:
+            raise ConfigError(f"task.use_chat_template=always but the tokenizer of {source} has no chat template")
+        return has and mode != "never"
+
+    def encode_record(self, record: dict[str, Any], tokenizer: Any, where: str) -> tuple[list[int], list[int], int]:
+        """``(input_ids, labels, prompt_length)`` of one record before truncation.
+
+        ``prompt_length`` is the number of tokens before the first trained token (what a
+        generation sample is conditioned on)."""
+        o = self.options
+        if self._uses_chat(record):
+            messages = self._messages(record, where)
+            if not getattr(tokenizer, "chat_template", None):
+                raise DataError(
+                    f"{where}: chat '{o.messages_field}' need a tokenizer with a chat template; "
+                    "set model.tokenizer to one that has it, or give prompt/response fields"
+                )
+            return self._encode_chat(messages, tokenizer, where)
+        for name in (o.prompt_field, o.response_field):
+            if not isinstance(record.get(name), str):
+                have = ", ".join(sorted(record)) or "none"
+                raise DataError(
+                    f"{where}: field '{name}' must be a string (fields present: {have}); chat records need "
+                    f"'{o.messages_field}'"
+                )
+        prompt, response = record[o.prompt_field], record[o.response_field]
+        if not response.strip():
+            raise DataError(f"{where}: field '{o.response_field}' is empty")
+        if self._template(tokenizer, where):
+            msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+            return self._encode_chat(msgs, tokenizer, where)
+        prompt_ids = tokenizer(o.prompt_template.format(prompt=prompt), add_special_tokens=True)["input_ids"]
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            response_ids = [*response_ids, tokenizer.eos_token_id]
+        ids = list(prompt_ids) + response_ids
+        labels = ids.copy() if o.train_on_prompt else [IGNORE_INDEX] * len(prompt_ids) + response_ids
+        return ids, labels, len(prompt_ids)
+
+    def _messages(self, record: dict[str, Any], where: str) -> list[dict[str, str]]:
+        field = self.options.messages_field
+        messages = record.get(field)
+        if not isinstance(messages, list) or not messages:
+            raise DataError(f"{where}: field '{field}' must be a non-empty list of {{role, content}} objects")
+        for j, m in enumerate(messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise DataError(f"{where}: {field}[{j}] must be an object with string 'role' and 'content', got {m!r}")
+        if not any(m["role"] == "assistant" for m in messages):
+            raise DataError(f"{where}: field '{field}' has no 'assistant' turn to train on")
+        return messages
+
+    def _encode_chat(self, messages: list[dict[str, str]], tokenizer: Any, where: str) -> tuple[list[int], list[int], int]:
+        render = lambda msgs, gen: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)  # noqa: E731
+        text = render(messages, False)
+        spans = []
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            before, through = render(messages[:i], True) if i else "", render(messages[: i + 1], False)
+            if not (text.startswith(before) and text.startswith(through)):
+                raise DataError(
+                    f"{where}: the tokenizer's chat template does not render conversations prefix by prefix, so "
+                    "assistant turns cannot be located; give prompt/response fields or use_chat_template=never"
+                )
+            spans.append((len(before), len(through)))
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        if self.options.train_on_prompt:
+            labels = ids.copy()
+        else:
+            labels = [t if any(s <= a < e for s, e in spans) else IGNORE_INDEX for t, (a, _) in zip(ids, enc["offset_mapping"])]
+        start = spans[0][0]  # the first assistant turn starts the trained part
+        prompt_length = next((j for j, (a, _) in enumerate(enc["offset_mapping"]) if a >= start), len(ids))
+        return ids, labels, prompt_length
+
+    def encode(self, records: list[dict[str, Any]], tokenizer: Any, split: str) -> list[dict[str, Any]]:
+        self.tokenizer = tokenizer
+        source = getattr(self.config.data, split, None) or f"{split} split"
+        max_length = self.config.data.max_length
+        features, truncated, empty = [], 0, 0
+        for i, rec in enumerate(records):
+            ids, labels, prompt_length = self.encode_record(rec, tokenizer, f"{source}, record {i + 1}")
+            if len(ids) > max_length:
+                truncated += 1
+                ids, labels = ids[:max_length], labels[:max_length]
+            if all(lab == IGNORE_INDEX for lab in labels[1:]):
+                empty += 1
+                if split == "train":
+                    continue
+            feat: dict[str, Any] = {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+            if split == "test":
+                feat["prompt_length"] = min(prompt_length, len(ids))
+                feat["sample"] = int(i < self.options.generation_samples)
+            features.append(feat)
+        if truncated:
+            log.info("%s: %d of %d examples truncated to %d tokens", split, truncated, len(records), max_length)
+        if empty:
+            action = "dropped from training" if split == "train" else "kept, they add no tokens to perplexity"
+            log.warning("%s: %d of %d examples have no response tokens within data.max_length=%d (%s)",
+                        split, empty, len(records), max_length, action)
+        if split == "train" and not features:
+            raise DataError(f"{source}: no training example has response tokens within data.max_length={max_length}")
+        if split == "train" and self.options.packing:
+            features = pack_features(features, max_length, tokenizer.pad_token_id)
+        return features
+
+    def collate(self, features: list[dict[str, Any]], tokenizer: Any) -> dict[str, torch.Tensor]:
+        return pad_features(features, pad_token_id=tokenizer.pad_token_id)
+
+    def training_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # use_cache=False: no KV cache to build, and Hugging Face derives the packed-sequence
+        # attention mask from position_ids only when there is no cache.
+        return model(**{k: v for k, v in batch.items() if k in MODEL_KEYS}, use_cache=False).loss
+
+    # -- evaluation ---------------------------------------------------------------------
+
+    def evaluation_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        inputs = {k: v for k, v in batch.items() if k in MODEL_KEYS and k != "labels"}
+        logits = model(**inputs, use_cache=False).logits.float()
+        labels = batch["labels"][:, 1:]
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        mask = labels != IGNORE_INDEX
+        nll_sum, tokens = (nll * mask).sum(1), mask.sum(1)
+        out = {"nll_sum": nll_sum, "tokens": tokens, "loss": nll_sum / tokens.clamp(min=1)}
+        if "sample" in batch:
+            out["generated"] = self._generate_samples(model, batch)
+        return out
+
+    def _generate_samples(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Greedy continuations of the prompts flagged ``sample``; other rows are -100."""
+        flags = batch["sample"].bool()
+        empty = torch.full((len(flags), 1), IGNORE_INDEX, dtype=torch.long, device=flags.device)
+        if not any_rank(bool(flags.any()), flags.device):
+            return empty
+        pad = int(self.tokenizer.pad_token_id)
+        prompts = [row[: int(n)] for row, n in zip(batch["input_ids"], batch["prompt_length"])]
+        input_ids, attention_mask = left_pad(prompts, pad)
+        out = generate(model, input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=self.options.max_new_tokens,
+                       do_sample=False, pad_token_id=pad)
+        new = out[:, input_ids.shape[1]:]
+        new = new.masked_fill(~flags[:, None], IGNORE_INDEX)
+        return new if new.shape[1] else empty
+
+    def compute_metrics(self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]]) -> dict[str, float]:
+        return perplexity_metrics(outputs["nll_sum"], outputs["tokens"])
+
+    def predictions(self, outputs: dict[str, np.ndarray], features: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        preds = []
+        for i, (s, n) in enumerate(zip(outputs["nll_sum"], outputs["tokens"])):
+            p: dict[str, Any] = {"tokens": int(n), "nll": round(float(s), 6)}
+            p["perplexity"] = round(math.exp(float(s) / n), 6) if n else None
+            if "generated" in outputs and features[i].get("sample"):
+                p["generated"] = decode_ids(self.tokenizer, outputs["generated"][i])
+            preds.append(p)
+        return preds
+
+    def write_reports(self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]], directory: Path) -> None:
+        if "generated" not in outputs:
+            return
+        rows = []
+        for i, feat in enumerate(features):
+            if not feat.get("sample"):
+                continue
+            ids, labels = feat["input_ids"], feat["labels"]
+            rows.append({
+                "prompt": self.tokenizer.decode(ids[: feat["prompt_length"]], skip_special_tokens=False),
+                "reference": decode_ids(self.tokenizer, [t for t in labels[feat["prompt_length"]:] if t != IGNORE_INDEX]),
+                "generated": decode_ids(self.tokenizer, outputs["generated"][i]),
+            })
+        out = directory / "reports"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{split}_generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+
+def perplexity_metrics(nll_sum: np.ndarray, tokens: np.ndarray) -> dict[str, float]:
+    """Token-weighted mean negative log-likelihood (``loss``) and ``perplexity = exp(loss)``."""
+    total = float(np.sum(tokens))
+    if total == 0:
+        return {"loss": float("nan"), "perplexity": float("nan"), "eval_tokens": 0.0}
+    loss = float(np.sum(nll_sum.astype(np.float64))) / total
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "eval_tokens": total}
+
+
+def pack_features(features: list[dict[str, Any]], block: int, pad_id: int) -> list[dict[str, Any]]:
+    """Pack examples (each at most ``block`` tokens) into blocks of exactly ``block`` tokens.
+
+    Examples are kept whole and in order (next-fit). ``position_ids`` restart at 0 for every
+    example, which makes Hugging Face models attend only within each example (packed-sequence
+    masks derived from position ids), and no ``attention_mask`` is emitted. Each example's
+    first label is -100, so no token is trained to predict across an example boundary.
+    The tail of a block is padding: pad ids, labels -100, its own position run.
+    """
+    blocks: list[dict[str, Any]] = []
+    cur: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+
+    def flush() -> None:
+        fill = block - len(cur["input_ids"])
+        if not cur["input_ids"]:
+            return
+        cur["input_ids"] += [pad_id] * fill
+        cur["labels"] += [IGNORE_INDEX] * fill
+        cur["position_ids"] += list(range(fill))
+        blocks.append({k: list(v) for k, v in cur.items()})
+        for v in cur.values():
+            v.clear()
+
+    for f in features:
+        n = len(f["input_ids"])
+        if len(cur["input_ids"]) + n > block:
+            flush()
+        cur["input_ids"] += f["input_ids"]
+        cur["labels"] += [IGNORE_INDEX, *f["labels"][1:]]
+        cur["position_ids"] += list(range(n))
+    flush()
+    used = sum(len(f["input_ids"]) for f in features)
+    log.info("packed %d examples into %d blocks of %d tokens (%.1f%% padding)",
+             len(features), len(blocks), block, 100.0 * (1 - used / max(1, len(blocks) * block)))
+    return blocks
+
+
+@hookimpl
+def tf_register_tasks(register: Any) -> None:
+    register("causal_lm", CausalLMTask)
