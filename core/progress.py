@@ -1,4 +1,9 @@
-"""Progress on the main process: a tqdm bar on a terminal, plain log lines otherwise."""
+"""Progress on the main process: a tqdm bar on a terminal, plain log lines otherwise.
+
+On a terminal: ``train:  25%|██▌      | 10/40 [00:02<00:06, 4.52step/s, loss=0.6931, lr=3.00e-03]``.
+Elsewhere (CI, SLURM logs), every ``training.log_every_n_steps`` steps:
+``step 10/40 loss 0.6931 lr 3.00e-03 4.52 steps/s eta 0:00:06``.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ class Progress:
         if enabled and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
 
     def update(self, step: int, loss: float, lr: float) -> None:
         if not self.enabled:
