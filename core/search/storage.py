@@ -1,0 +1,77 @@
+"""Study storage: SQLite in the study directory by default, or any Optuna RDB URL.
+
+Workers on one machine (``--workers N``) and on several machines (the same
+``search.storage`` URL, e.g. PostgreSQL) share one study. A controller records a
+heartbeat for every trial it runs; a trial whose heartbeat stops (its controller
+was killed) is marked FAIL by the next controller that looks, and re-queued with
+the same parameters up to ``search.max_retries`` times.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from tuneforge.errors import ConfigError
+
+STUDY_DB = "study.db"
+
+
+def default_storage_url(study_dir: Path) -> str:
+    return f"sqlite:///{(study_dir / STUDY_DB).resolve()}"
+
+
+def open_storage(url: str, heartbeat_seconds: int | None, max_retries: int = 0) -> Any:
+    """An :class:`optuna.storages.RDBStorage` for ``url`` (heartbeat on when given seconds)."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs = {"connect_args": {"timeout": 120}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {}
+    if heartbeat_seconds:
+        kwargs = {
+            "heartbeat_interval": heartbeat_seconds,
+            "grace_period": 2 * heartbeat_seconds,
+        }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if heartbeat_seconds and max_retries:
+            kwargs["heartbeat_stale_trial_callback"] = RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except ImportError as exc:
+            raise ConfigError(
+                f"storage '{_redact(url)}' needs a database driver that is not installed ({exc}); for "
+                "PostgreSQL: pip install psycopg2-binary"
+            ) from None
+        except Exception as exc:
+            raise ConfigError(f"cannot open search storage '{_redact(url)}': {exc}") from None
+
+
+def _redact(url: str) -> str:
+    """The URL without a password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+def fail_stale_trials(study: Any) -> None:
+    """Mark trials whose heartbeat stopped as FAIL (and re-queue them when retries are on)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def retried_numbers(trials: list[Any]) -> set[int]:
+    """Numbers of failed trials that were re-queued (they do not count against the budget)."""
+    return {int(t.system_attrs["failed_trial"]) for t in trials if "failed_trial" in t.system_attrs}
