@@ -54,7 +54,18 @@ class Adapter(ABC):
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameter counts; 4-bit packed weights count as the values they hold."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if type(p).__name__ == "Params4bit":  # bitsandbytes packs two 4-bit values per storage byte
+            n *= 2 * getattr(getattr(p, "quant_storage", None), "itemsize", 1)
+        total += n
+        trainable += n if p.requires_grad else 0
     return trainable, total
+
+
+def describe_parameters(model: torch.nn.Module) -> str:
+    """``"trainable 1,234 of 22,713,216 parameters (0.0054%)"``."""
+    trainable, total = count_parameters(model)
+    return f"trainable {trainable:,} of {total:,} parameters ({100.0 * trainable / max(total, 1):.4f}%)"
