@@ -194,7 +194,8 @@ class SummarizationTask(Task):
             if has_targets:
                 refs.append(references_of(rec[o.target_field], where, o.target_field))
         max_source = o.max_source_length or self.config.data.max_length
-        enc = tokenizer(sources, truncation=True, max_length=max_source)
+        # input ids and mask only: token_type_ids would reach seq2seq models that take none (BART)
+        enc = tokenizer(sources, truncation=True, max_length=max_source, return_token_type_ids=False)
         n_long = sum(len(ids) >= max_source for ids in enc["input_ids"])
         if n_long:
             log.info("%s: %d of %d sources truncated to %d tokens", split, n_long, len(records), max_source)
