@@ -17,6 +17,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -211,6 +212,9 @@ class MetaConfig(Section):
     tasks: list[MetaSourceTask] = Field(default_factory=list, description="collection=tasks: meta-train tasks.")
     val_tasks: list[MetaSourceTask] = Field(default_factory=list, description="collection=tasks: meta-val tasks.")
     test_tasks: list[MetaSourceTask] = Field(default_factory=list, description="collection=tasks: meta-test tasks.")
+    max_examples_per_label: int | None = Field(
+        None, ge=2, description="Keep at most this many examples of each label (seeded; bounds compute)."
+    )
     ways: int = Field(5, ge=2, description="Classes per meta-training episode.")
     shots: int = Field(5, ge=1, description="Support examples per class in a meta-training episode.")
     query: int = Field(5, ge=1, description="Query examples per class in a meta-training episode.")
@@ -516,6 +520,9 @@ def resolve_paths(raw: dict[str, Any], base: Path, keys: tuple[str, ...] = _CONF
                     resolve_paths(item, base, ("data.train", "data.validation", "data.test"))
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"training.lr=3e-5"`` -> ``("training.lr", 3e-05)``; values parse as YAML."""
     key, sep, value = text.partition("=")
@@ -527,11 +534,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"override '{text}': value is not valid YAML: {exc}") from exc
     # YAML 1.1 reads 3e-5 as a string; numbers users type should be numbers.
-    if isinstance(parsed, str):
-        try:
-            parsed = float(parsed) if any(c in parsed for c in ".eE") else int(parsed)
-        except ValueError:
-            pass
+    if isinstance(parsed, str) and _NUMBER.fullmatch(parsed):
+        parsed = float(parsed) if any(c in parsed for c in ".eE") else int(parsed)
     return key, parsed
 
 
@@ -554,6 +558,8 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

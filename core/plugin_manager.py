@@ -51,6 +51,15 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
 
 
+def _adder(registry: Registry[Any], plugin: str) -> Callable[[str, Any], None]:
+    """The ``register`` callback handed to one plugin's composition hook."""
+
+    def register(name: str, obj: Any) -> None:
+        registry.add(name, obj, plugin=plugin)
+
+    return register
+
+
 def _env_list(name: str) -> list[str] | None:
     value = os.environ.get(name)
     if value is None:
@@ -163,10 +172,7 @@ class PluginManager:
         for hook_name, attr in COMPOSITION_HOOKS.items():
             registry: Registry[Any] = getattr(self, attr)
             for impl in self._impls(hook_name):
-                add: Callable[[str, Any], None] = (
-                    lambda n, obj, _r=registry, _p=impl.plugin_name: _r.add(n, obj, plugin=_p)
-                )
-                self._call_impl(impl, hook_name, {"register": add})
+                self._call_impl(impl, hook_name, {"register": _adder(registry, impl.plugin_name)})
         self._registries_built = True
         return self
 

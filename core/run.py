@@ -140,7 +140,8 @@ def load_records(config: RunConfig, task: Task) -> dict[str, list[dict[str, Any]
 def build_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases and normalisation weights (1-d parameters)."""
     t = config.training
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for _, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)

@@ -57,7 +57,7 @@ def test_wrong_type_and_range_name_the_key():
 def test_missing_required_and_cross_checks():
     with pytest.raises(ConfigError, match="missing required key 'model'"):
         validate({"task": {"name": "x"}, "data": {"train": "a"}})
-    with pytest.raises(ConfigError, match="needs every_n_steps"):
+    with pytest.raises(ConfigError, match=r"needs every_n_steps"):
         validate({**BASE, "evaluation": {"strategy": "steps"}})
     with pytest.raises(ConfigError, match="early_stopping_patience needs evaluation"):
         validate({**BASE, "evaluation": {"early_stopping_patience": 2}})
@@ -76,12 +76,12 @@ def test_overrides_parse_yaml_values_and_numbers():
 
 @pytest.mark.parametrize("bad", ["training.lr", "=3", "training..lr=1", "lr 3"])
 def test_malformed_overrides(bad):
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
         parse_override(bad)
 
 
 def test_override_into_a_value_is_an_error():
-    with pytest.raises(ConfigError, match="'training.lr' is a value, not a section"):
+    with pytest.raises(ConfigError, match=r"'training\.lr' is a value, not a section"):
         apply_overrides(BASE | {"training": {"lr": 1.0}}, ["training.lr.x=1"])
 
 

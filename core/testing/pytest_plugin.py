@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +35,7 @@ import pytest
 from tuneforge.hookspecs import hookimpl
 from tuneforge.plugin_manager import PluginManager
 
-WORDS = (
-    "the a an and or but is are was were be been good bad great terrible awesome awful movie film "
-    "play music song book restaurant table weather rain sun snow today tomorrow show time rate star "
-    "add to my playlist find search cinema near me what will it love hate fine boring fun happy sad "
-    "very not no yes this that with for of in on at by from please i you we they he she"
-).split()
+WORDS = ["the", "a", "an", "and", "or", "but", "is", "are", "was", "were", "be", "been", "good", "bad", "great", "terrible", "awesome", "awful", "movie", "film", "play", "music", "song", "book", "restaurant", "table", "weather", "rain", "sun", "snow", "today", "tomorrow", "show", "time", "rate", "star", "add", "to", "my", "playlist", "find", "search", "cinema", "near", "me", "what", "will", "it", "love", "hate", "fine", "boring", "fun", "happy", "sad", "very", "not", "no", "yes", "this", "that", "with", "for", "of", "in", "on", "at", "by", "from", "please", "i", "you", "we", "they", "he", "she"]
 
 
 def write_wordpiece_vocab(path: Path) -> Path:
@@ -54,7 +49,8 @@ def write_wordpiece_vocab(path: Path) -> Path:
 def make_tiny_bert(directory: Path, *, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
     """Save a tiny random BERT (masked-LM weights, any head loads from it) and tokenizer."""
     import torch
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined]
 
     directory.mkdir(parents=True, exist_ok=True)
     vocab_file = write_wordpiece_vocab(directory / "vocab.txt")
@@ -184,7 +180,7 @@ def tf_run(tmp_path: Path) -> Iterator[Callable[..., tuple[dict[str, Any], Path]
     from tuneforge.config import apply_overrides, validate
     from tuneforge.run import train
 
-    def run(config: dict[str, Any], plugins: list[Any] = (), overrides: list[str] = ()) -> tuple[dict[str, Any], Path]:
+    def run(config: dict[str, Any], plugins: Sequence[Any] = (), overrides: Sequence[str] = ()) -> tuple[dict[str, Any], Path]:
         raw = apply_overrides(config, list(overrides))
         raw.setdefault("output", {}).setdefault("dir", str(tmp_path / "run"))
         cfg = validate(raw)
