@@ -68,6 +68,7 @@ class TrialProcess:
             cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **env}, cwd=cwd, start_new_session=True,
         )
+        (log_path.parent / "trial.pid").write_text(str(self.proc.pid), encoding="utf-8")
 
     def kill(self, grace: float = 10.0) -> None:
         """SIGTERM the whole process group, then SIGKILL after ``grace`` seconds."""

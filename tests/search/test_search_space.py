@@ -85,12 +85,12 @@ def test_reserved_and_conditional_order_errors(tiny_classification_config):
     with pytest.raises(ConfigError, match="set by the search"):
         SearchSpace.from_config(validate(_raw(tiny_classification_config, params={
             "resume": {"type": "categorical", "choices": ["never"]}})).search)
-    with pytest.raises(ConfigError, match="list 'training.scheduler' before 'training.warmup_ratio'"):
+    with pytest.raises(ConfigError, match=r"list 'training.scheduler' before 'training.warmup_ratio'"):
         SearchSpace.from_config(validate(_raw(tiny_classification_config, params={
             "training.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2, "when": {"training.scheduler": "linear"}},
             "training.scheduler": {"type": "categorical", "choices": ["linear", "constant"]},
         })).search)
-    with pytest.raises(ConfigError, match="did you mean 'training.scheduler'"):
+    with pytest.raises(ConfigError, match=r"did you mean 'training.scheduler'"):
         SearchSpace.from_config(validate(_raw(tiny_classification_config, params={
             "training.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2, "when": {"training.schedular": "linear"}},
         })).search)
@@ -151,7 +151,7 @@ def test_objective_and_pruner_checks(search_config):
     lr = {"training.lr": {"type": "float", "low": 1e-4, "high": 1e-2}}
     with pytest.raises(ConfigError, match="is not an objective"):
         StudyRunner(search_config({"params": lr, "objectives": [{"metric": "accuracy"}]}))
-    with pytest.raises(ConfigError, match="give the direction of 'validation.macro_f1'"):
+    with pytest.raises(ConfigError, match=r"give the direction of 'validation.macro_f1'"):
         StudyRunner(search_config({"params": lr, "objectives": [{"metric": "validation.macro_f1"}]}))
     with pytest.raises(ConfigError, match="pruning reads intermediate validation metrics"):
         StudyRunner(search_config({"params": lr, "pruner": {"type": "median"},

@@ -1,0 +1,85 @@
+"""Small pieces of the search machinery: error lines, optimizer hyperparameters after a
+resume, objective values from a run directory, stale-trial detection and retry."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import optuna
+import pytest
+import torch
+
+from tuneforge.config import validate
+from tuneforge.errors import TuneforgeError
+from tuneforge.search.launcher import last_error_line
+from tuneforge.search.objective import Objective, objective_value
+from tuneforge.search.storage import fail_stale_trials, open_storage, retried_numbers
+from tuneforge.search.trial import apply_optimizer_hparams
+
+
+def test_last_error_line_finds_the_reason():
+    log = "INFO starting\nTraceback (most recent call last):\n  File x\nKeyError: 'no_such_activation'\n"
+    assert last_error_line(log, 1) == "KeyError: 'no_such_activation'"
+    assert last_error_line("step 3\nerror: non-finite loss at step 4\n", 2) == "error: non-finite loss at step 4"
+    torchrun = ("ValueError: bad rank input\n"
+                "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \nlaunch failed\n")
+    assert last_error_line(torchrun, 1) == "ValueError: bad rank input"
+    assert last_error_line("", -9) == "killed by SIGKILL (out of memory?)"
+    assert last_error_line("whatever", 0) is None
+
+
+def test_apply_optimizer_hparams_keeps_the_schedule_position(tiny_classification_config):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (20 - s) / 20)
+    for _ in range(10):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5)
+    raw = dict(tiny_classification_config)
+    raw["training"] = {**raw["training"], "lr": 4e-3, "weight_decay": 0.1}
+    apply_optimizer_hparams(opt, sched, validate(raw))
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([2e-3, 2e-3])
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(4e-3 * 9 / 20)
+
+
+def test_objective_values_from_a_run_directory(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps({"train_seconds": 12.5, "steps": 40,
+                                                       "test": {"accuracy": 0.8}}))
+    (tmp_path / "trial_info.json").write_text(json.dumps({"trainable_params": 1000, "total_params": 5000}))
+    evals = [{"step": 10, "metrics": {"accuracy": 0.6, "loss": 0.7}},
+             {"step": 20, "metrics": {"accuracy": 0.9, "loss": 0.4}},
+             {"step": 30, "metrics": {"accuracy": 0.7, "loss": 0.5}}]
+    (tmp_path / "trial_evaluations.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals) + '{"cut')
+    assert objective_value(Objective("validation.accuracy", "maximize"), tmp_path) == 0.9
+    assert objective_value(Objective("validation.loss", "minimize"), tmp_path) == 0.4
+    assert objective_value(Objective("validation.accuracy", "maximize"), tmp_path, last=True) == 0.7
+    assert objective_value(Objective("test.accuracy", "maximize"), tmp_path) == 0.8
+    assert objective_value(Objective("train_seconds", "minimize"), tmp_path) == 12.5
+    assert objective_value(Objective("trainable_params", "minimize"), tmp_path) == 1000
+    with pytest.raises(TuneforgeError, match="'f1' was not logged on validation; logged: accuracy, loss"):
+        objective_value(Objective("validation.f1", "maximize"), tmp_path)
+
+
+def test_stale_running_trial_is_failed_and_requeued_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = open_storage(url, heartbeat_seconds=1, max_retries=1)
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial = study.ask({"training.lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)})
+    storage.record_heartbeat(trial._trial_id)  # then its controller "dies": no more heartbeats
+    time.sleep(2.6)
+    fail_stale_trials(study)
+    trials = study.get_trials()
+    assert trials[0].state.name == "FAIL"
+    assert trials[1].state.name == "WAITING" and trials[1].system_attrs["failed_trial"] == 0
+    assert trials[1].params == trials[0].params
+    assert retried_numbers(trials) == {0}
+    retry = study.ask()  # the next worker picks the retry up, with the same parameters
+    assert retry.number == 1 and retry.suggest_float("training.lr", 1e-5, 1e-2, log=True) == trials[0].params["training.lr"]
