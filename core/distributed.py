@@ -175,6 +175,14 @@ def resolve_strategy(config: RunConfig, env: Mapping[str, str] | None = None) ->
                 off_opt = wanted
             else:
                 off_par = wanted
+    t = config.training
+    launcher_gas = env.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS")
+    if launcher_gas not in (None, "auto") and int(launcher_gas) != t.gradient_accumulation_steps:
+        problems.append(f"the launcher sets gradient_accumulation_steps={launcher_gas} but "
+                        f"training.gradient_accumulation_steps={t.gradient_accumulation_steps}")
+    launcher_clip = env.get("ACCELERATE_GRADIENT_CLIPPING")
+    if launcher_clip not in (None, "auto", "none") and not _same(float(launcher_clip), t.max_grad_norm or 0.0):
+        problems.append(f"the launcher sets gradient_clipping={launcher_clip} but training.max_grad_norm={t.max_grad_norm}")
     json_path = d.deepspeed_config or env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or None
     if json_path == "none":
         json_path = None
@@ -365,6 +373,15 @@ _LAUNCHER_DS_ENV = (
 )
 
 
+def _skip_deepspeed_shm_op() -> None:
+    """DeepSpeed's CPU accelerator JIT-compiles a shared-memory all-reduce op when its comm
+    starts (minutes on a busy machine, and it needs a C++ toolchain); gloo runs the same
+    collectives, so the op is marked unavailable. ``TUNEFORGE_DEEPSPEED_SHM=1`` keeps it."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 @dataclass
 class StepOutcome:
     """What happened at an optimizer-step boundary (see :meth:`Runtime.optimizer_step`)."""
@@ -414,6 +431,8 @@ class Runtime:
                 os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
                 os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
                 os.environ.setdefault("MASTER_PORT", str(free_port()))
+            if not has_cuda and not _truthy(os.environ.get("TUNEFORGE_DEEPSPEED_SHM")):
+                _skip_deepspeed_shm_op()
             assert s.deepspeed_config is not None
             stage = s.zero_stage or 0
             kwargs["deepspeed_plugin"] = DeepSpeedPlugin(
@@ -485,10 +504,27 @@ class Runtime:
     # -- setup -------------------------------------------------------------------------
 
     def prepare(self, *objects: Any) -> tuple[Any, ...]:
+        if self.is_deepspeed:
+            self._fill_bucket_sizes(objects)
         prepared = self.accelerator.prepare(*objects)
         if self.is_deepspeed and self.accelerator.deepspeed_engine_wrapped is not None:
             self._engine = self.accelerator.deepspeed_engine_wrapped.engine
         return prepared if isinstance(prepared, tuple) else (prepared,)
+
+    def _fill_bucket_sizes(self, objects: tuple[Any, ...]) -> None:
+        """Accelerate derives ZeRO bucket sizes from ``model.config.hidden_size``; a model
+        without one gets DeepSpeed's own defaults instead of an error."""
+        model = next((o for o in objects if isinstance(o, torch.nn.Module)), None)
+        config = getattr(model, "config", None)
+        if model is None or hasattr(config, "hidden_size") or hasattr(config, "hidden_sizes"):
+            return
+        ds = self.accelerator.state.deepspeed_plugin.deepspeed_config
+        zero = ds.setdefault("zero_optimization", {})
+        defaults = {"reduce_bucket_size": 500_000_000, "stage3_prefetch_bucket_size": 50_000_000,
+                    "stage3_param_persistence_threshold": 100_000}
+        for key, value in defaults.items():
+            if zero.get(key) == "auto":
+                zero[key] = value
 
     def register_for_checkpointing(self, *objects: Any) -> None:
         self.accelerator.register_for_checkpointing(*objects)

@@ -1,13 +1,17 @@
 """``tuneforge train --config X [section.key=value ...]``: one training run.
 
 ``accelerate launch launch/run.py ...`` and ``torchrun launch/run.py ...`` call
-this same function on every rank.
+this same function on every rank; ``--nproc N`` re-launches this command with
+``torch.distributed.run`` (torchrun) as N processes on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 
 from tuneforge.config import load_config
 
@@ -21,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one run from a config")
     add_config_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train with N processes on this machine (torchrun; gloo on CPU, nccl on GPUs)")
     p.set_defaults(func=run)
 
 
@@ -29,10 +35,28 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + (["resume=auto"] if args.resume else [])
     config = load_config(args.config, overrides)
+    if args.nproc is not None and args.nproc != 1:
+        return relaunch(args.nproc, ["train", "--config", args.config, *overrides])
     results = train(config)
     if results.get("world_size", 1) == 1 or _is_main():
         print(json.dumps({k: results[k] for k in ("status", "steps", "best_metric", "test") if k in results}))
     return 0
+
+
+def relaunch(nproc: int, argv: list[str]) -> int:
+    """Run ``tuneforge <argv>`` as ``nproc`` processes under torchrun; returns its exit code."""
+    from tuneforge.errors import ConfigError, DistributedError
+
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {nproc}")
+    if "WORLD_SIZE" in os.environ:
+        raise DistributedError(
+            f"--nproc {nproc} inside a launcher (WORLD_SIZE={os.environ['WORLD_SIZE']}): drop --nproc and let "
+            "torchrun/accelerate launch start the processes"
+        )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "tuneforge.cli", *argv]
+    return subprocess.call(cmd)
 
 
 def _is_main() -> bool:
