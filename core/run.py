@@ -75,7 +75,10 @@ def preflight(config: RunConfig, plugins: PluginManager | None = None, *, check_
     for split in SPLITS:
         path = getattr(config.data, split)
         if path is not None and not Path(path).exists():
-            raise DataError(f"data.{split}: file '{path}' does not exist")
+            raise DataError(
+                f"data.{split}: file '{path}' does not exist; fix the path (in a config file it is relative "
+                "to the file's directory, on the command line to the current directory)"
+            )
     metric = config.evaluation.metric
     has_eval = config.data.validation or config.data.validation_fraction or config.data.hf_dataset
     if metric is None and has_eval and config.evaluation.strategy != "no" and not task_cls.primary_metric:
