@@ -39,10 +39,14 @@ def re_plugin():
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """The package installed into a fresh directory; put it on PYTHONPATH to use it."""
-    target = tmp_path_factory.mktemp("re-site")
+    import shutil
+
+    target, source = tmp_path_factory.mktemp("re-site"), tmp_path_factory.mktemp("re-src") / "pkg"
+    # build from a copy: setuptools writes build/ and *.egg-info next to the sources
+    shutil.copytree(PACKAGE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(target), str(PACKAGE)],
+         "--target", str(target), str(source)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

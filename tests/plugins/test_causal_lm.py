@@ -10,13 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tuneforge.config import validate
+from tuneforge.config import resolve_paths, validate
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.plugins.causal_lm import CausalLMTask, pack_features, perplexity_metrics
 
 pytestmark = pytest.mark.usefixtures("tf_single_thread")
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def make_task(model_dir: str, data: dict[str, str] | None = None, **options) -> CausalLMTask:
@@ -213,13 +215,13 @@ def test_evaluation_step_per_example_nll(tiny_llama, tokenizer):
     assert out["tokens"].tolist() == [sum(t != -100 for t in f["labels"][1:]) for f in feats]
 
 
-def test_tiny_instruction_run_learns(tf_run, tiny_causal_lm_config):
-    config = tiny_causal_lm_config
-    config["task"].update({"generation_samples": 2, "max_new_tokens": 6})
-    config["training"].update({"max_steps": 16, "lr": 2e-2})
-    config["evaluation"] = {"strategy": "steps", "every_n_steps": 8}
-    config["data"]["max_length"] = 40
-    results, run_dir = tf_run(config)
+def test_tiny_config_run_learns(tf_run, tiny_llama, tmp_path):
+    """configs/causal-lm-tiny.yaml (shipped toy data) on the tiny random Llama."""
+    raw = yaml.safe_load((CONFIGS / "causal-lm-tiny.yaml").read_text())
+    resolve_paths(raw, CONFIGS)
+    raw["model"]["name_or_path"] = tiny_llama
+    raw["output"]["dir"] = str(tmp_path / "run")
+    results, run_dir = tf_run(raw)
     assert results["status"] == "completed" and results["metric"] == "perplexity"
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [x["loss"] for x in lines if x["split"] == "train"]
@@ -230,3 +232,18 @@ def test_tiny_instruction_run_learns(tf_run, tiny_causal_lm_config):
     samples = [json.loads(x) for x in (run_dir / "reports" / "test_generations.jsonl").read_text().splitlines()]
     assert len(samples) == 2 and all(s["prompt"].startswith("<|user|>") and s["reference"] for s in samples)
     assert all(isinstance(s["generated"], str) for s in samples)
+
+
+def test_chat_records_train_with_packing(tf_run, tiny_causal_lm_config, tiny_instruction_data):
+    """Chat ``messages`` + packing through the whole run (the fixture config others build on)."""
+    config = tiny_causal_lm_config
+    folder = Path(tiny_instruction_data["train"]).parent
+    config["data"].update({split: str(folder / f"chat_{split}.jsonl") for split in ("train", "validation", "test")})
+    config["task"]["packing"] = True
+    config["training"]["max_steps"] = 8
+    config["evaluation"] = {"strategy": "no"}
+    results, run_dir = tf_run(config)
+    assert results["steps"] == 8 and results["test"]["eval_tokens"] > 0
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [x["loss"] for x in lines if x["split"] == "train"]
+    assert train[-1] < train[0]

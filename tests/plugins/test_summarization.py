@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from transformers import AutoTokenizer
 
 from tuneforge.config import validate
@@ -17,6 +18,7 @@ from tuneforge.errors import DataError
 from tuneforge.plugins.summarization import SummarizationTask, join_text, references_of, rouge_scores
 
 pytestmark = pytest.mark.usefixtures("tf_single_thread")
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 THINGS = ["movie", "film", "book", "song", "show", "music"]
 ADJ = ["great", "awful", "good", "bad", "fun", "boring"]
@@ -210,15 +212,10 @@ def test_evaluation_step_generates_with_the_unwrapped_model(tiny_bart, tokenizer
 def test_tiny_bert2bert_run_learns_and_reports(tf_run, tiny_bert, tmp_path):
     from transformers import AutoModelForSeq2SeqLM, EncoderDecoderModel
 
-    data = write_data(tmp_path)
-    config = {
-        "model": {"name_or_path": tiny_bert},
-        "task": {"name": "summarization", "max_new_tokens": 6, "max_target_length": 8, "report_samples": 5},
-        "data": {**data, "max_length": 24},
-        "training": {"max_steps": 24, "batch_size": 8, "lr": 3e-3, "seed": 0, "log_every_n_steps": 1},
-        "evaluation": {"strategy": "steps", "every_n_steps": 12},
-        "output": {"dir": str(tmp_path / "run"), "keep_last": 1},
-    }
+    config = yaml.safe_load((CONFIGS / "summarization-tiny.yaml").read_text())  # the shipped tiny settings
+    config["model"]["name_or_path"] = tiny_bert
+    config["data"].update(write_data(tmp_path))
+    config["output"]["dir"] = str(tmp_path / "run")
     results, run_dir = tf_run(config)
     assert results["status"] == "completed" and results["metric"] == "rougeLsum"
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
