@@ -351,6 +351,9 @@ class StudyRunner:
             outcome.attrs["startup_seconds"] = round(startup, 3)
             if info.get("train_loop_seconds") is not None:
                 outcome.attrs["train_loop_seconds"] = info["train_loop_seconds"]
+        keep = t.keep_checkpoints if keep_checkpoints is None else keep_checkpoints
+        if not keep:
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         if result.returncode != 0 or status.get("status") == "failed" or not status:
             outcome.error = result.error or status.get("error") or "the trial wrote no status"
             if self._stop.is_set():
@@ -363,9 +366,6 @@ class StudyRunner:
             outcome.values = [objective_value(o, run_dir, last=last_value) for o in self.objectives]
         except TuneforgeError as exc:
             outcome.state, outcome.error = "failed", str(exc)
-        keep = t.keep_checkpoints if keep_checkpoints is None else keep_checkpoints
-        if not keep:
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         return outcome
 
     def trial_env(self) -> dict[str, str]:
