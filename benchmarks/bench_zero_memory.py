@@ -8,7 +8,8 @@ How memory is measured: on every rank, right after the backward pass of an accum
 boundary (gradients reduced/partitioned, optimizer state of earlier steps alive), all live
 tensors are found through the garbage collector and their storages summed once each (views
 into DeepSpeed's flat buffers count once); the input batch is excluded. That is what the rank
-holds for parameters, gradients and optimizer state (plus small engine buffers).
+holds for parameters, gradients and optimizer state (plus small engine buffers). Gradients
+have no Python object until ``p.grad`` is read, so the model's ``p.grad`` are added explicitly.
 
 Formulas. The ZeRO paper (mixed-precision Adam, K = 12 bytes of fp32 master weights +
 momentum + variance per parameter): DDP 16P, stage 1 4P + 12P/N, stage 2 2P + 14P/N,
@@ -42,13 +43,15 @@ def formulas(n: int) -> dict[str, dict[str, float]]:
     return {"fp32": fp32, "paper_mixed_precision": paper}
 
 
-def live_tensor_bytes(exclude: list[Any]) -> int:
+def live_tensor_bytes(exclude: list[Any], include: list[Any]) -> int:
+    """Bytes of every distinct CPU storage reachable from Python objects, plus ``include``
+    (gradients live in C++ autograd meta and have no Python object until accessed)."""
     import torch
 
     skip = {t.untyped_storage().data_ptr() for t in exclude}
     seen: set[int] = set()
     total = 0
-    for obj in gc.get_objects():
+    for obj in [*include, *gc.get_objects()]:
         try:
             if not isinstance(obj, torch.Tensor) or obj.device.type != "cpu":
                 continue
@@ -109,7 +112,8 @@ def worker(args: argparse.Namespace) -> None:
             runtime.backward(loss)
         if step == args.steps - 1:
             gc.collect()
-            measured = live_tensor_bytes([ids])
+            grads = [p.grad for p in runtime.unwrap(model).parameters() if p.grad is not None]
+            measured = live_tensor_bytes([ids], grads)
         runtime.optimizer_step(model, optimizer, 1.0)
         if step >= 2:  # the first steps allocate optimizer state
             times.append(time.perf_counter() - start)

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from tuneforge.config import RunConfig
-from tuneforge.errors import ConfigError, DistributedError, TrainingError
+from tuneforge.errors import CheckpointError, ConfigError, DistributedError, TrainingError
 
 log = logging.getLogger("tuneforge")
 
@@ -673,6 +673,18 @@ class Runtime:
                 "fp32 state dict."
             )
         self.accelerator.load_state(str(directory))
+        # Accelerate only logs (INFO) when it cannot restore the RNG states; a resumed run
+        # would then drift from the uninterrupted one silently. Make that an error.
+        rng_file = Path(directory) / f"random_states_{self.process_index}.pkl"
+        if rng_file.is_file():
+            from accelerate.utils import load
+
+            try:
+                restored = torch.equal(torch.get_rng_state(), load(rng_file)["torch_manual_seed"])
+            except Exception as exc:
+                raise CheckpointError(f"{rng_file}: random states cannot be read ({type(exc).__name__}: {exc})") from exc
+            if not restored:
+                raise CheckpointError(f"{rng_file}: random states were not restored; the resumed run would diverge")
 
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return self.accelerator.unwrap_model(model)
@@ -682,7 +694,8 @@ class Runtime:
         state_dict = self.accelerator.get_state_dict(model)
         if self.is_main:
             directory.mkdir(parents=True, exist_ok=True)
-            self.unwrap(model).save_pretrained(str(directory), state_dict=state_dict, safe_serialization=True)
+            unwrapped: Any = self.unwrap(model)
+            unwrapped.save_pretrained(str(directory), state_dict=state_dict, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(directory))
         self.barrier()
