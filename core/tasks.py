@@ -55,6 +55,9 @@ class Task(ABC):
     greater_is_better: ClassVar[bool] = False
     #: Splits whose records ``prepare`` may look at (labels are learned from train).
     label_source_split: ClassVar[str] = "train"
+    #: Feature keys kept for ``compute_metrics``/``predictions`` (offsets, example ids,
+    #: gold text) that the default ``collate`` leaves out of the model's batch.
+    metadata_keys: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, options: BaseModel, config: RunConfig) -> None:
         self.options = options
@@ -127,7 +130,10 @@ class Task(ABC):
         """Tokenize records into features (dicts of lists/ints). May emit several per record."""
 
     def collate(self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> dict[str, torch.Tensor]:
-        """Batch features with dynamic padding (pad to the longest in the batch)."""
+        """Batch features with dynamic padding (pad to the longest in the batch); keys in
+        ``metadata_keys`` are not batched."""
+        if self.metadata_keys:
+            features = [{k: v for k, v in f.items() if k not in self.metadata_keys} for f in features]
         return pad_features(features, pad_token_id=tokenizer.pad_token_id or 0)
 
     def feature_length(self, feature: dict[str, Any]) -> int:
@@ -227,4 +233,5 @@ def left_pad(sequences: list[torch.Tensor], pad_token_id: int) -> tuple[torch.Te
 
 def decode_ids(tokenizer: PreTrainedTokenizerBase, ids: Any) -> str:
     """Decode one row of generated ids, dropping -100 padding and special tokens."""
-    return str(tokenizer.decode([int(t) for t in ids if int(t) >= 0], skip_special_tokens=True).strip())
+    text = tokenizer.decode([int(t) for t in ids if int(t) >= 0], skip_special_tokens=True)
+    return str(text).strip()

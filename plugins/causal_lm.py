@@ -99,7 +99,8 @@ class CausalLMTask(Task):
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(self.model_path(), **self.pretrained_kwargs())
-        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        embeddings: Any = model.get_input_embeddings()
+        if len(tokenizer) > embeddings.num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
         for cfg in (model.config, getattr(model, "generation_config", None)):
             if cfg is not None and getattr(cfg, "pad_token_id", None) is None:
