@@ -47,7 +47,7 @@ SNIPS = REPO / "configs" / "data" / "snips"  # the SNIPS sample shipped with the
 
 
 def make_model(directory: Path) -> str:
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
     from tuneforge.hub import resolve_pretrained
 
@@ -57,7 +57,7 @@ def make_model(directory: Path) -> str:
     import torch
 
     torch.manual_seed(0)
-    BertForSequenceClassification(cfg).save_pretrained(directory)
+    BertForMaskedLM(cfg).save_pretrained(directory)  # any head loads from it (classifier: fresh)
     tok.save_pretrained(directory)
     return str(directory)
 

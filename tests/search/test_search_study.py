@@ -144,6 +144,7 @@ def test_resume_after_the_controller_is_killed(search_config, tmp_path):
 def test_pbt_exploits_a_better_checkpoint_and_explores_its_hyperparameters(search_config, tmp_path):
     path = search_config({
         "strategy": "pbt", "n_trials": 4, "workers": 2,
+        "objectives": [{"metric": "validation.loss", "direction": "minimize"}],  # continuous: no ties
         "options": {"population": 2, "interval_steps": 10, "quantile": 0.5, "resample_probability": 0.0,
                     "perturb": [0.5, 2.0]},
         "params": {"training.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}},
@@ -153,7 +154,7 @@ def test_pbt_exploits_a_better_checkpoint_and_explores_its_hyperparameters(searc
     trials = {(t.user_attrs["pbt_member"], t.user_attrs["pbt_round"]): t for t in study.trials}
     assert all(t.state.name == "COMPLETE" for t in study.trials) and len(trials) == 4
     r0 = {m: trials[(m, 0)] for m in (0, 1)}
-    best = max(r0, key=lambda m: r0[m].value)
+    best = min(r0, key=lambda m: r0[m].value)
     worst = 1 - best
     exploiter, keeper = trials[(worst, 1)], trials[(best, 1)]
     if r0[0].value == r0[1].value:  # a tie keeps both; ordering is still deterministic

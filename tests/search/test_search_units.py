@@ -83,3 +83,25 @@ def test_stale_running_trial_is_failed_and_requeued_once(tmp_path):
     assert retried_numbers(trials) == {0}
     retry = study.ask()  # the next worker picks the retry up, with the same parameters
     assert retry.number == 1 and retry.suggest_float("training.lr", 1e-5, 1e-2, log=True) == trials[0].params["training.lr"]
+
+
+def test_warm_start_takes_the_best_trials_of_an_earlier_study(tmp_path):
+    from tuneforge.errors import ConfigError
+    from tuneforge.search.runner import best_params_of
+
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    url = f"sqlite:///{earlier / 'study.db'}"
+    study = optuna.create_study(storage=url, study_name="old", direction="minimize")
+    dist = {"training.lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True),
+            "training.seed": optuna.distributions.IntDistribution(0, 9)}
+    for lr, loss in ((1e-2, 0.9), (1e-3, 0.2), (1e-4, 0.5), (3e-3, 0.1)):
+        study.add_trial(optuna.trial.create_trial(params={"training.lr": lr, "training.seed": 1},
+                                                  distributions=dist, value=loss))
+    assert best_params_of(str(earlier), 2, ["training.lr"]) == [{"training.lr": 3e-3}, {"training.lr": 1e-3}]
+    assert best_params_of(f"{url}#old", 1, ["training.lr", "training.seed"]) == [
+        {"training.lr": 3e-3, "training.seed": 1}]
+    with pytest.raises(ConfigError, match="no study 'nope'"):
+        best_params_of(f"{url}#nope", 1, ["training.lr"])
+    with pytest.raises(ConfigError, match=r"has no study\.db"):
+        best_params_of(str(tmp_path / "missing"), 1, ["training.lr"])
