@@ -165,6 +165,38 @@ class CheckpointManager:
         for stale in self.root.glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
 
+    def set_aside_after(self, step: int, best_step: int | None = None) -> list[Path]:
+        """Rename checkpoints newer than ``step`` to ``.superseded-step-N`` (kept, never loaded).
+
+        A run resumed from ``step`` writes its own checkpoints for the steps after it; a
+        newer directory (a corrupted newest checkpoint skipped by ``latest_valid``, or a later
+        one when resuming from an explicit older path) would block those writes. The ``best``
+        pointer is moved back to ``best_step``'s checkpoint (or dropped) if it named one of them."""
+        if not self.root.is_dir():
+            return []
+        moved: list[Path] = []
+        names: set[str] = set()
+        for path in sorted(self.root.iterdir()):
+            number = path.name[len(PREFIX) :]
+            if path.is_dir() and path.name.startswith(PREFIX) and number.isdigit() and int(number) > step:
+                target, n = self.root / f".superseded-{path.name}", 1
+                while target.exists():
+                    target, n = self.root / f".superseded-{path.name}.{n}", n + 1
+                os.replace(path, target)
+                log.warning("%s is newer than the resume point (step %d): moved aside to %s", path, step, target)
+                moved.append(target)
+                names.add(path.name)
+        pointer = self.root / "best"
+        if names and pointer.is_file() and pointer.read_text(encoding="utf-8").strip() in names:
+            best = self.root / f"{PREFIX}{best_step:08d}" if best_step is not None else None
+            if best is not None and (best / MANIFEST).is_file():
+                tmp_pointer = self.root / ".best.tmp"
+                tmp_pointer.write_text(best.name, encoding="utf-8")
+                os.replace(tmp_pointer, pointer)
+            else:
+                pointer.unlink()
+        return moved
+
     def resolve(self, resume: str) -> Path | None:
         """The checkpoint to resume from for ``resume`` = never | auto | <path>."""
         if resume == "never":

@@ -30,7 +30,15 @@ def infer_format(path: str | Path, declared: str = "auto") -> str:
 
 def read_records(path: str | Path, fmt: str = "auto") -> list[dict[str, Any]]:
     """Read csv/tsv (with a header), jsonl, or json (a list, or {"data": [...]}) into dicts."""
-    path = Path(path)
+    try:
+        return _read_records(Path(path), fmt)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: malformed {infer_format(path, fmt)} file: {exc}") from None
+
+
+def _read_records(path: Path, fmt: str) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataError(f"data file '{path}' does not exist")
     fmt = infer_format(path, fmt)

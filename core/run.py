@@ -24,7 +24,7 @@ from tuneforge.adapters import describe_parameters
 from tuneforge.checkpoint import CheckpointManager, read_state
 from tuneforge.config import RunConfig, dump_config
 from tuneforge.data import load_hub_split, make_loader, steps_per_epoch
-from tuneforge.errors import ConfigError, DataError, DistributedError
+from tuneforge.errors import CheckpointError, ConfigError, DataError, DistributedError, TuneforgeError
 from tuneforge.loop import FitResult, RunContext, TrainState, evaluate, fit, total_training_steps
 from tuneforge.plugin_manager import PluginManager
 from tuneforge.tasks import Task
@@ -79,6 +79,7 @@ def preflight(config: RunConfig, plugins: PluginManager | None = None, *, check_
                 f"data.{split}: file '{path}' does not exist; fix the path (in a config file it is relative "
                 "to the file's directory, on the command line to the current directory)"
             )
+    check_local_paths(config)
     metric = config.evaluation.metric
     has_eval = config.data.validation or config.data.validation_fraction or config.data.hf_dataset
     if metric is None and has_eval and config.evaluation.strategy != "no" and not task_cls.primary_metric:
@@ -86,6 +87,30 @@ def preflight(config: RunConfig, plugins: PluginManager | None = None, *, check_
     if check_output:
         check_output_dir(config)
     return plan
+
+
+def check_local_paths(config: RunConfig) -> None:
+    """A local model/tokenizer directory or an explicit resume checkpoint must exist (hub names pass)."""
+    from tuneforge.hub import resolve_pretrained
+
+    for key in ("name_or_path", "tokenizer"):
+        name = getattr(config.model, key)
+        if name is None:
+            continue
+        local = resolve_pretrained(name)  # pkg:... -> its directory (ConfigError when missing)
+        if (local != name or Path(local).is_absolute() or local.startswith((".", "~"))) and not Path(local).exists():
+            raise ConfigError(
+                f"model.{key}: '{name}' does not exist; give a local model directory, a Hugging Face hub "
+                "name, or pkg:<package>/<subdir>"
+            )
+    ds_config = config.distributed.deepspeed_config
+    if ds_config is not None and not Path(ds_config).is_file():
+        raise ConfigError(f"distributed.deepspeed_config: file '{ds_config}' does not exist")
+    if config.resume not in ("never", "auto") and not Path(config.resume).exists():
+        raise ConfigError(
+            f"resume: checkpoint '{config.resume}' does not exist; give a checkpoint directory "
+            "(<run>/checkpoints/step-N), resume=auto for the latest one, or resume=never"
+        )
 
 
 def check_output_dir(config: RunConfig) -> None:
@@ -237,6 +262,9 @@ def train(config: RunConfig, plugins: PluginManager | None = None) -> dict[str, 
     if runtime.is_main:
         if resume_from is None and config.output.overwrite:
             shutil.rmtree(checkpoints.root, ignore_errors=True)
+        elif resume_from is not None:
+            resumed = read_state(resume_from)
+            checkpoints.set_aside_after(int(resumed["step"]), resumed.get("best_step"))
         dump_config(config, run_dir / "config.yaml")
     runtime.barrier()
 
@@ -281,7 +309,15 @@ def train(config: RunConfig, plugins: PluginManager | None = None) -> dict[str, 
     if resume_from is not None:
         saved = read_state(resume_from)
         batch_in_epoch = resume_position(saved, runtime.num_processes, t.batch_size, resume_from)
-        runtime.load_state(resume_from, world_size=int(saved.get("world_size", 1)))
+        try:
+            runtime.load_state(resume_from, world_size=int(saved.get("world_size", 1)))
+        except TuneforgeError:
+            raise
+        except Exception as exc:  # passed its checksums, but does not fit this model/optimizer
+            raise CheckpointError(
+                f"checkpoint {resume_from} could not be loaded ({type(exc).__name__}: {exc}); was it written "
+                "with another model, adapter or optimizer setup? Resume with the run's own config, or resume=never"
+            ) from exc
         state = TrainState(**{**saved, "batch_in_epoch": batch_in_epoch,
                               "world_size": runtime.num_processes, "micro_batch_size": t.batch_size})
         log.info("resumed from %s at step %d", resume_from, state.step)
@@ -291,6 +327,8 @@ def train(config: RunConfig, plugins: PluginManager | None = None) -> dict[str, 
     )
     for tracker in trackers.trackers:
         tracker.check_available()
+    if resume_from is not None:
+        trackers.resume(state.step)
     run = RunContext(config, run_dir, runtime, plan.plugins, task, model, tokenizer, state, trackers,
                      checkpoints, features, optimizer=optimizer, scheduler=scheduler)
     trackers.log_params(_run_params(config, runtime, model))
@@ -327,6 +365,7 @@ def finish(run: RunContext, result: FitResult, test_loader: Any) -> dict[str, An
         "validation": result.last_metrics,
         "train_seconds": round(result.train_seconds, 2),
         "world_size": rt.num_processes,
+        "nonfinite_skips": result.state.nonfinite_skips,
     }
     if test_loader is not None:
         metrics, outputs = evaluate(run, test_loader, "test")

@@ -31,6 +31,11 @@ class Tracker(ABC):
     def log_metrics(self, step: int, metrics: dict[str, float], split: str) -> None:
         """Record metrics of ``split`` (train, validation, test) at ``step``."""
 
+    def resume(self, step: int) -> None:  # noqa: B027 - optional hook
+        """The run continues from a checkpoint at ``step``: whatever an interrupted attempt
+        logged after ``step`` is about to be logged again; set it aside (called before
+        ``log_params``)."""
+
     def finish(self, status: str) -> None:  # noqa: B027 - optional hook
         """Flush and close; ``status`` is 'completed', 'early_stopped' or 'failed'."""
 
@@ -48,6 +53,10 @@ class Trackers:
     def log_metrics(self, step: int, metrics: dict[str, float], split: str) -> None:
         for t in self.trackers:
             t.log_metrics(step, metrics, split)
+
+    def resume(self, step: int) -> None:
+        for t in self.trackers:
+            t.resume(step)
 
     def finish(self, status: str) -> None:
         for t in self.trackers:

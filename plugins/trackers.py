@@ -74,6 +74,29 @@ class JsonlTracker(Tracker):
         with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(line) + "\n")
 
+    def resume(self, step: int) -> None:
+        """Keep ``metrics.jsonl`` one line per (split, step) of the run's one history: lines an
+        interrupted attempt wrote after the resumed ``step`` (and a line cut short by a kill)
+        move to ``metrics.superseded.jsonl``, since the resumed run logs those steps again."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        keep: list[str] = []
+        drop: list[str] = []
+        for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+            try:
+                logged_step = json.loads(line)["step"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                logged_step = None
+            (keep if line.endswith("\n") and logged_step is not None and logged_step <= step else drop).append(line)
+        if not drop:
+            return
+        with (self.run_dir / "metrics.superseded.jsonl").open("a", encoding="utf-8") as fh:
+            fh.writelines(line if line.endswith("\n") else line + "\n" for line in drop)
+        tmp = path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(keep), encoding="utf-8")
+        os.replace(tmp, path)
+
     def finish(self, status: str) -> None:
         self._write_status(status)
 

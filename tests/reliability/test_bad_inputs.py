@@ -40,7 +40,7 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
 def assert_user_error(code: int, stderr: str, case: Any) -> None:
     lines = [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
     assert code == cli.EXIT_USER_ERROR, f"case {case!r} did not fail (exit {code}); stderr:\n{stderr}"
-    assert lines and all(len(ln) > len("error: ") + 10 for ln in lines), (case, stderr)
+    assert lines and len(lines[0]) > len("error: ") + 10, (case, stderr)
     assert "Traceback" not in stderr, (case, stderr)
 
 
@@ -175,8 +175,7 @@ def test_valid_base_config_passes(base_config: dict[str, Any], workdir: Path) ->
 CONFIG_CASES: list[Any] = []
 
 
-@SETTINGS
-@settings(max_examples=400)
+@settings(SETTINGS, max_examples=400)
 @given(st.one_of(unknown_key(), wrong_type(), out_of_range()))
 def test_malformed_config_values(base_config: dict[str, Any], workdir: Path, mutation: tuple[str, str, Any]) -> None:
     CONFIG_CASES.append(mutation)
@@ -185,8 +184,7 @@ def test_malformed_config_values(base_config: dict[str, Any], workdir: Path, mut
     assert_user_error(*run_cli(["validate", "--config", str(path)]), mutation)
 
 
-@SETTINGS
-@settings(max_examples=150)
+@settings(SETTINGS, max_examples=150)
 @given(st.lists(BAD_OVERRIDES, min_size=1, max_size=3))
 def test_bad_overrides(base_config: dict[str, Any], workdir: Path, overrides: list[str]) -> None:
     CONFIG_CASES.append(overrides)
@@ -200,8 +198,7 @@ yaml_trees = st.recursive(yaml_scalars, lambda inner: st.one_of(st.lists(inner, 
                           max_leaves=8)
 
 
-@SETTINGS
-@settings(max_examples=150)
+@settings(SETTINGS, max_examples=150)
 @given(st.one_of(st.binary(max_size=200), st.text(max_size=200), yaml_trees.map(lambda t: yaml.safe_dump(t))))
 def test_garbage_config_files(workdir: Path, content: bytes | str) -> None:
     CONFIG_CASES.append(content)
@@ -277,8 +274,7 @@ def unknown_label_validation(draw: st.DrawFn) -> tuple[str, bytes]:
     return "validation-csv", f"text,label\nthis film is good,pos\nthis film is odd,{label}\n".encode()
 
 
-@SETTINGS
-@settings(max_examples=60)
+@settings(SETTINGS, max_examples=60)
 @given(st.one_of(bad_csv(), bad_jsonl(), unknown_label_validation()))
 def test_malformed_data_files(base_config: dict[str, Any], workdir: Path, case: tuple[str, bytes]) -> None:
     DATA_CASES.append(case)

@@ -1,0 +1,24 @@
+"""Fixtures of the fault tests (helpers live in ``fault_helpers``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture
+def fault_config(tiny_bert: str, tiny_classification_data: dict[str, str], tmp_path: Path) -> dict[str, Any]:
+    """30 steps with dropout, periodic checkpoints every 5 steps, evaluation every 10 (best
+    checkpoints), the fault plugins loaded; ~96 examples / batch 16 = 6 batches per epoch."""
+    return {
+        "model": {"name_or_path": tiny_bert},
+        "task": {"name": "classification"},
+        "data": {**tiny_classification_data, "max_length": 32},
+        "training": {"max_steps": 30, "batch_size": 16, "lr": 3e-3, "seed": 0, "log_every_n_steps": 1,
+                     "warmup_steps": 3},
+        "evaluation": {"strategy": "steps", "every_n_steps": 10},
+        "output": {"dir": str(tmp_path / "run"), "save_every_n_steps": 5, "keep_last": 2, "export": False},
+        "plugins": ["fault_plugins"],
+    }

@@ -1,0 +1,108 @@
+"""Corrupted, truncated and incomplete checkpoints are detected through the manifest
+(sha256 + size), reported with a clear error, and skipped in favour of the previous one;
+a resumed run then rewrites the steps after it without losing the damaged files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tuneforge.checkpoint import MANIFEST, CheckpointManager, verify
+from tuneforge.errors import CheckpointError
+
+
+@pytest.fixture
+def trained(tf_run, tiny_classification_config: dict[str, Any]) -> tuple[Path, dict[int, float]]:
+    """A 15-step run with checkpoints at 5, 10 and 15; returns (run_dir, step -> loss)."""
+    cfg = {**tiny_classification_config, "evaluation": {"strategy": "no"},
+           "training": {**tiny_classification_config["training"], "max_steps": 15}}
+    cfg["output"] = {**cfg["output"], "save_every_n_steps": 5, "keep_last": 3, "export": False}
+    _, run_dir = tf_run(cfg)
+    losses = {x["step"]: x["loss"] for x in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+              if x["split"] == "train"}
+    assert [p.name for p in CheckpointManager(run_dir).complete()] == ["step-00000005", "step-00000010",
+                                                                       "step-00000015"]
+    return run_dir, losses
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_detects_flipped_byte_truncation_missing_file_and_manifest(trained) -> None:
+    run_dir, _ = trained
+    ckpts = CheckpointManager(run_dir).complete()
+    s5, s10, s15 = ckpts
+
+    flip_byte(s15 / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors' fails its sha256 check \(corrupted\)"):
+        verify(s15)
+    optimizer = next(p for p in s10.iterdir() if p.name.startswith("optimizer"))
+    optimizer.write_bytes(optimizer.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=rf"{optimizer.name}' has \d+ bytes, manifest says \d+"):
+        verify(s10)
+    assert verify(s5) is None
+
+    rng = next(s5.glob("random_states_*.pkl"))
+    backup = rng.read_bytes()
+    rng.unlink()
+    with pytest.raises(CheckpointError, match="is missing"):
+        verify(s5)
+    rng.write_bytes(backup)
+    (s5 / MANIFEST).write_text("{not json", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        verify(s5)
+    (s5 / MANIFEST).unlink()
+    with pytest.raises(CheckpointError, match=r"no manifest\.json: it was not completed"):
+        verify(s5)
+    assert CheckpointManager(run_dir).latest_valid() is None  # nothing valid left: a fresh start
+
+
+def test_latest_valid_falls_back_and_resume_rewrites_the_lost_steps(tf_run, trained, tiny_classification_config,
+                                                                    caplog) -> None:
+    run_dir, straight = trained
+    manager = CheckpointManager(run_dir)
+    flip_byte(manager.complete()[-1] / "model.safetensors")  # step 15 corrupted
+    with caplog.at_level(logging.WARNING):
+        assert manager.latest_valid() == manager.root / "step-00000010"
+    assert "fails its sha256 check" in caplog.text and "falling back to the previous checkpoint" in caplog.text
+
+    with pytest.raises(CheckpointError, match="sha256"):
+        manager.resolve(str(manager.root / "step-00000015"))  # an explicit corrupted path is an error
+
+    cfg = {**tiny_classification_config, "evaluation": {"strategy": "no"},
+           "training": {**tiny_classification_config["training"], "max_steps": 15}}
+    cfg["output"] = {**cfg["output"], "save_every_n_steps": 5, "keep_last": 3, "export": False}
+    results, _ = tf_run(cfg, overrides=["resume=auto"])
+
+    assert results["status"] == "completed" and results["steps"] == 15
+    fresh = manager.root / "step-00000015"
+    verify(fresh)  # rewritten by the resumed run, not blocked by the corrupted directory
+    kept = manager.root / ".superseded-step-00000015"
+    with pytest.raises(CheckpointError):
+        verify(kept)  # the damaged one is kept aside for inspection (no data deleted)
+    resumed = {x["step"]: x["loss"] for x in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+               if x["split"] == "train"}
+    assert sorted(resumed) == list(range(1, 16))
+    assert max(abs(resumed[s] - straight[s]) for s in straight) <= 1e-6
+
+
+def test_checkpoint_that_passes_checksums_but_does_not_load_is_a_checkpoint_error(
+    tf_run, trained, tiny_classification_config
+) -> None:
+    """E.g. resuming with another label set (head shape): a clear CheckpointError, not a torch traceback."""
+    run_dir, _ = trained
+    other = run_dir.parent / "other-run"
+    shutil.copytree(run_dir / "checkpoints", other / "checkpoints")
+    cfg = {**tiny_classification_config, "evaluation": {"strategy": "no"},
+           "task": {"name": "classification", "labels": ["neg", "pos", "neutral"]}}
+    cfg["output"] = {**cfg["output"], "dir": str(other), "export": False}
+    with pytest.raises(CheckpointError, match="could not be loaded"):
+        tf_run(cfg, overrides=["resume=auto"])
