@@ -155,7 +155,37 @@ class CausalLMTask(Task):
         labels = ids.copy() if o.train_on_prompt else [IGNORE_INDEX] * len(prompt_ids) + response_ids
         return ids, labels, len(prompt_ids)
 
-    def _messages(self, record: dict[str, Any], where: str) -> list[dict[str, str]]:
+    def encode_prompt(self, record: dict[str, Any], tokenizer: Any, where: str) -> tuple[list[int], list[int], int]:
+        """Like :meth:`encode_record` for ``tuneforge predict``: the reply is optional. The
+        result ends where the model should continue (``prompt_length``); a reference reply,
+        when the record has one, follows and is scored."""
+        o = self.options
+        render = lambda msgs: tokenizer(  # noqa: E731
+            tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True), add_special_tokens=False
+        )["input_ids"]
+        if self._uses_chat(record):
+            messages = self._messages(record, where, need_assistant=False)
+            if not getattr(tokenizer, "chat_template", None):
+                raise DataError(f"{where}: chat '{o.messages_field}' need a tokenizer with a chat template")
+            has_reply = messages[-1]["role"] == "assistant"
+            prompt = render(messages[:-1] if has_reply else messages)
+        else:
+            if not isinstance(record.get(o.prompt_field), str):
+                raise DataError(f"{where}: field '{o.prompt_field}' must be a string")
+            reply = record.get(o.response_field)
+            has_reply = isinstance(reply, str) and bool(reply.strip())
+            if self._template(tokenizer, where):
+                prompt = render([{"role": "user", "content": record[o.prompt_field]}])
+            else:
+                text = o.prompt_template.format(prompt=record[o.prompt_field])
+                prompt = tokenizer(text, add_special_tokens=True)["input_ids"]
+        if has_reply:
+            ids, labels, _ = self.encode_record(record, tokenizer, where)
+            if ids[: len(prompt)] == list(prompt):
+                return ids, labels, len(prompt)
+        return list(prompt), [IGNORE_INDEX] * len(prompt), len(prompt)
+
+    def _messages(self, record: dict[str, Any], where: str, need_assistant: bool = True) -> list[dict[str, str]]:
         field = self.options.messages_field
         messages = record.get(field)
         if not isinstance(messages, list) or not messages:
@@ -163,7 +193,7 @@ class CausalLMTask(Task):
         for j, m in enumerate(messages):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                 raise DataError(f"{where}: {field}[{j}] must be an object with string 'role' and 'content', got {m!r}")
-        if not any(m["role"] == "assistant" for m in messages):
+        if need_assistant and not any(m["role"] == "assistant" for m in messages):
             raise DataError(f"{where}: field '{field}' has no 'assistant' turn to train on")
         return messages
 
@@ -196,6 +226,19 @@ class CausalLMTask(Task):
         source = getattr(self.config.data, split, None) or f"{split} split"
         max_length = self.config.data.max_length
         features, truncated, empty = [], 0, 0
+        if split == "predict":  # generate a reply for every record (and score a given one)
+            for i, rec in enumerate(records):
+                ids, labels, prompt_length = self.encode_prompt(rec, tokenizer, f"{source}, record {i + 1}")
+                if prompt_length > max_length:  # keep the end of the prompt: that is what is continued
+                    truncated += 1
+                    ids = ids[prompt_length - max_length : prompt_length]
+                    labels, prompt_length = [IGNORE_INDEX] * max_length, max_length
+                ids, labels = ids[:max_length], labels[:max_length]
+                features.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels,
+                                 "prompt_length": prompt_length, "sample": 1})
+            if truncated:
+                log.info("predict: %d of %d prompts cut to their last %d tokens", truncated, len(records), max_length)
+            return features
         for i, rec in enumerate(records):
             ids, labels, prompt_length = self.encode_record(rec, tokenizer, f"{source}, record {i + 1}")
             if len(ids) > max_length:

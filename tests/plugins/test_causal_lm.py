@@ -194,6 +194,28 @@ def test_packed_loss_equals_separate_examples(fixture, request, tokenizer, tiny_
     assert abs(naive.item() - separate.item()) > 1e-2  # without position ids examples would see each other
 
 
+def test_predict_split_generates_replies_and_scores_given_ones(tiny_llama, tokenizer):
+    """``tuneforge predict``: prompts without replies are continued; a given reply is also scored."""
+    task = make_task(tiny_llama, max_new_tokens=4)
+    records = [
+        {"prompt": "good"},
+        {"messages": [{"role": "user", "content": "sun"}]},
+        {"prompt": "fun", "response": "boring"},
+    ]
+    feats = task.encode(records, tokenizer, "predict")
+    assert [tokenizer.decode(f["input_ids"][: f["prompt_length"]]) for f in feats] == [
+        "<|user|>\ngood</s>\n<|assistant|>\n", "<|user|>\nsun</s>\n<|assistant|>\n", "<|user|>\nfun</s>\n<|assistant|>\n"]
+    assert all(t == -100 for t in feats[0]["labels"]) and trained_text(tokenizer, feats[2]) == "boring</s>\n"
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    with torch.no_grad():
+        out = task.evaluation_step(model, task.collate(feats, tokenizer))
+    assert out["generated"].shape == (3, 4)
+    preds = task.predictions({k: v.numpy() for k, v in out.items()}, feats, records)
+    reply_tokens = len(tokenizer("boring</s>\n", add_special_tokens=False)["input_ids"])
+    assert [p["tokens"] for p in preds] == [0, 0, reply_tokens] and preds[0]["perplexity"] is None
+    assert preds[2]["perplexity"] > 1 and all(isinstance(p["generated"], str) for p in preds)
+
+
 def test_perplexity_is_token_weighted():
     # two examples: 3 tokens with total NLL 3.0, 1 token with NLL 2.0 -> mean 5/4
     m = perplexity_metrics(np.array([3.0, 2.0]), np.array([3, 1]))
