@@ -5,7 +5,8 @@
     python benchmarks/run_all.py -k overhead -k padding   # only scripts whose name contains these
 
 Convention for a benchmark script: standalone, prints ONE JSON line (with a "benchmark"
-key) of figures measured side by side in the same run, accepts ``--quick``, and prints
+key) of figures measured side by side in the same run, accepts ``--quick`` if it has a
+cheaper smoke mode (scripts without one run in full even under ``--quick``), and prints
 ``{"benchmark": ..., "skipped": reason}`` when its data or hardware is missing. A script
 that fails or prints no JSON gets a ``{"benchmark": name, "error": ...}`` line here and
 makes the exit status 1. ``--out FILE`` also appends the lines to FILE (JSON Lines).
@@ -46,7 +47,8 @@ def main() -> int:
     for script in scripts:
         name = script.stem.removeprefix("bench_")
         started = time.perf_counter()
-        cmd = [sys.executable, str(script), *(["--quick"] if args.quick else [])]
+        quick = args.quick and "--quick" in script.read_text(encoding="utf-8")  # not every script has one
+        cmd = [sys.executable, str(script), *(["--quick"] if quick else [])]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
             result = last_json_line(proc.stdout)

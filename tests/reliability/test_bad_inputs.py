@@ -175,7 +175,7 @@ def test_valid_base_config_passes(base_config: dict[str, Any], workdir: Path) ->
 CONFIG_CASES: list[Any] = []
 
 
-@settings(SETTINGS, max_examples=400)
+@settings(SETTINGS, max_examples=300)
 @given(st.one_of(unknown_key(), wrong_type(), out_of_range()))
 def test_malformed_config_values(base_config: dict[str, Any], workdir: Path, mutation: tuple[str, str, Any]) -> None:
     CONFIG_CASES.append(mutation)
@@ -184,7 +184,7 @@ def test_malformed_config_values(base_config: dict[str, Any], workdir: Path, mut
     assert_user_error(*run_cli(["validate", "--config", str(path)]), mutation)
 
 
-@settings(SETTINGS, max_examples=150)
+@settings(SETTINGS, max_examples=100)
 @given(st.lists(BAD_OVERRIDES, min_size=1, max_size=3))
 def test_bad_overrides(base_config: dict[str, Any], workdir: Path, overrides: list[str]) -> None:
     CONFIG_CASES.append(overrides)
@@ -198,7 +198,7 @@ yaml_trees = st.recursive(yaml_scalars, lambda inner: st.one_of(st.lists(inner, 
                           max_leaves=8)
 
 
-@settings(SETTINGS, max_examples=150)
+@settings(SETTINGS, max_examples=100)
 @given(st.one_of(st.binary(max_size=200), st.text(max_size=200), yaml_trees.map(lambda t: yaml.safe_dump(t))))
 def test_garbage_config_files(workdir: Path, content: bytes | str) -> None:
     CONFIG_CASES.append(content)
@@ -274,7 +274,7 @@ def unknown_label_validation(draw: st.DrawFn) -> tuple[str, bytes]:
     return "validation-csv", f"text,label\nthis film is good,pos\nthis film is odd,{label}\n".encode()
 
 
-@settings(SETTINGS, max_examples=60)
+@settings(SETTINGS, max_examples=40)
 @given(st.one_of(bad_csv(), bad_jsonl(), unknown_label_validation()))
 def test_malformed_data_files(base_config: dict[str, Any], workdir: Path, case: tuple[str, bytes]) -> None:
     DATA_CASES.append(case)
@@ -302,4 +302,4 @@ def test_report_case_counts(record_property: Any) -> None:
     record_property("data_cases", len(DATA_CASES))
     print(f"\nbad-input cases tried: {len(CONFIG_CASES)} config/override/file, {len(DATA_CASES)} data")
     if CONFIG_CASES:  # only meaningful when the whole module ran
-        assert len(CONFIG_CASES) >= 600 and len(DATA_CASES) >= 50
+        assert len(CONFIG_CASES) >= 450 and len(DATA_CASES) >= 35
