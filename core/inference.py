@@ -80,6 +80,14 @@ def resolve_source(
     return config, model_dir, run_dir
 
 
+def quiet_transformers() -> None:
+    """No "Loading weights" bars and load reports from transformers on the command line."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def load(
     run: Path | None = None,
     model: Path | None = None,

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from tuneforge import inference
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    inference.quiet_transformers()
     overrides = list(args.overrides) + ([f"data.test={args.data}"] if args.data else [])
     trained = inference.load(args.run, args.model, args.task, overrides)
     data = trained.config.data.test or trained.config.data.validation

@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from tuneforge import inference
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    inference.quiet_transformers()
     trained = inference.load(args.run, args.model, args.task, list(args.overrides))
     started = time.perf_counter()
     records = trained.task.read(str(args.data), "predict")
