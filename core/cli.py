@@ -10,7 +10,7 @@ import sys
 from tuneforge import __version__
 from tuneforge.errors import TuneforgeError
 
-COMMANDS = ("train", "validate", "plugins", "export", "evaluate", "predict", "runs", "report", "search")
+COMMANDS = ("train", "validate", "plugins", "export", "evaluate", "predict", "runs", "report", "search", "meta")
 
 EXIT_USER_ERROR = 2
 

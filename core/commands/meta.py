@@ -1,0 +1,31 @@
+"""``tuneforge meta --config X [section.key=value ...]``: meta-train a start on a
+collection of tasks and compare few-shot adaptation from it with two baselines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tuneforge.commands.train import add_config_arguments
+from tuneforge.config import load_config
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("meta", help="meta-learn a few-shot start (Reptile/FOMAML) and evaluate it")
+    add_config_arguments(p)
+    p.add_argument("--json", action="store_true", help="print results.json instead of the table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from tuneforge.meta.run import format_table, run_meta
+
+    config = load_config(args.config, list(args.overrides))
+    results = run_meta(config)
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(results) if args.json else format_table(results))
+        if not args.json:
+            print(f"meta-learned start: {results['meta_start']}")
+    return 0
