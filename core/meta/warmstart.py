@@ -1,0 +1,99 @@
+"""Hyperparameter warm start across tasks.
+
+A study records what task it tuned (:func:`record_task_metadata`, stored as the
+study's ``tuneforge_task`` user attribute). A new study on a similar task can then
+seed its first trials with the best parameter sets of the most similar earlier
+studies (:func:`warm_start_from_similar`), instead of starting from random ones.
+
+Similarity (:func:`task_similarity`) is 0 for different task plugins; otherwise a
+weighted sum of label-set overlap (Jaccard), closeness of the training-set sizes
+(ratio of the smaller to the larger), and whether the base model is the same.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from tuneforge.config import RunConfig
+
+ATTR = "tuneforge_task"
+
+
+def task_metadata(config: RunConfig, records: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """What a study tuned: task plugin, base model, label set and training-set size.
+
+    ``records`` are the training records (read from ``data.train`` when omitted and the
+    task has a ``label_field``)."""
+    meta: dict[str, Any] = {"task": config.task.name, "model": config.model.name_or_path,
+                            "data": config.data.train or config.data.hf_dataset}
+    label_field = config.task.options().get("label_field", "label")
+    if records is None and config.data.train:
+        from tuneforge.data import read_records
+
+        records = read_records(config.data.train, config.data.format)
+    if records is not None:
+        meta["n_train"] = len(records)
+        labels = {str(r[label_field]) for r in records if r.get(label_field) is not None}
+        meta["labels"] = sorted(labels)
+    return meta
+
+
+def record_task_metadata(study: Any, metadata: dict[str, Any]) -> None:
+    study.set_user_attr(ATTR, metadata)
+
+
+def task_similarity(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """In [0, 1]; 0 when the task plugins differ."""
+    if a.get("task") != b.get("task"):
+        return 0.0
+    la, lb = set(a.get("labels") or []), set(b.get("labels") or [])
+    labels = len(la & lb) / len(la | lb) if la | lb else 0.0
+    na, nb = a.get("n_train"), b.get("n_train")
+    size = min(na, nb) / max(na, nb) if na and nb else 0.0
+    size = math.sqrt(size)
+    same_model = 1.0 if a.get("model") == b.get("model") else 0.0
+    return 0.5 * labels + 0.3 * size + 0.2 * same_model
+
+
+def similar_studies(storage: Any, metadata: dict[str, Any], *, exclude: str | None = None,
+                    min_similarity: float = 0.3) -> list[tuple[str, float]]:
+    """Names of studies in ``storage`` that recorded task metadata, most similar first."""
+    import optuna
+
+    found = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if summary.study_name == exclude or ATTR not in summary.user_attrs:
+            continue
+        score = task_similarity(metadata, summary.user_attrs[ATTR])
+        if score >= min_similarity:
+            found.append((summary.study_name, score))
+    return sorted(found, key=lambda x: (-x[1], x[0]))
+
+
+def warm_start_from_similar(study: Any, storage: Any, metadata: dict[str, Any], params: Sequence[str], *,
+                            top_k: int = 2, max_studies: int = 3, min_similarity: float = 0.3) -> list[dict[str, Any]]:
+    """Enqueue in ``study`` the ``top_k`` best complete trials of each of the ``max_studies``
+    most similar studies, restricted to the parameter names ``params``; returns what was queued."""
+    import optuna
+    from optuna.trial import TrialState
+
+    queued: list[dict[str, Any]] = []
+    seen: set[tuple[tuple[str, Any], ...]] = set()
+    for name, score in similar_studies(storage, metadata, exclude=study.study_name,
+                                       min_similarity=min_similarity)[:max_studies]:
+        source = optuna.load_study(study_name=name, storage=storage)
+        if len(source.directions) != 1:
+            continue
+        sign = 1.0 if source.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+        done = [t for t in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+        for trial in sorted(done, key=lambda t: sign * float(t.value))[:top_k]:
+            chosen = {k: v for k, v in trial.params.items() if k in params}
+            key = tuple(sorted(chosen.items()))
+            if not chosen or key in seen:
+                continue
+            seen.add(key)
+            study.enqueue_trial(chosen, user_attrs={"warm_start_from": name, "task_similarity": round(score, 3)})
+            queued.append(chosen)
+    return queued
