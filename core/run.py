@@ -198,7 +198,7 @@ def check_rank_consistency(config: RunConfig, plugins: PluginManager, runtime: A
     reference = everyone[0]
     for rank, other in enumerate(everyone[1:], start=1):
         if other != reference:
-            diff = _diff_keys(reference, other)
+            diff = [key.removeprefix("config.") for key in _diff_keys(reference, other)]
             raise DistributedError(
                 f"rank {rank} differs from rank 0 in: {', '.join(diff)}. Every rank must get the same "
                 "config file, overrides and installed plugins."
