@@ -4,8 +4,10 @@ vs 1 rank at equal global batch. Prints ONE JSON line.
 
     python benchmarks/bench_zero_memory.py [--layers 4 --hidden 256 --steps 6]
 
-How memory is measured: on every rank, right after the backward pass of an accumulation
-boundary (gradients reduced/partitioned, optimizer state of earlier steps alive), all live
+How memory is measured: on every rank, after the first backward pass of a step with 2
+accumulation micro-batches (gradients accumulating: full-size under DDP and ZeRO-1, partitioned
+under ZeRO-2/3; optimizer state of earlier steps alive; at the boundary DeepSpeed's stage 1
+also frees its full gradients, which would hide them), all live
 tensors are found through the garbage collector and their storages summed once each (views
 into DeepSpeed's flat buffers count once); the input batch is excluded. That is what the rank
 holds for parameters, gradients and optimizer state (plus small engine buffers). Gradients
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
+ACCUMULATION = 2  # memory is measured between the two micro-batches of a step
 
 
 def formulas(n: int) -> dict[str, dict[str, float]]:
@@ -90,7 +93,8 @@ def worker(args: argparse.Namespace) -> None:
         distributed = {"strategy": "deepspeed", "zero_stage": int(strategy[-1]), "deepspeed_config": str(ds_json)}
     config = validate({
         "model": {"name_or_path": "gpt2-bench"}, "task": {"name": "causal-lm"}, "data": {"train": "unused"},
-        "training": {"batch_size": args.batch // world, "lr": 1e-3, "max_grad_norm": 1.0, "seed": 0},
+        "training": {"batch_size": args.batch // world // ACCUMULATION, "lr": 1e-3, "max_grad_norm": 1.0,
+                     "seed": 0, "gradient_accumulation_steps": ACCUMULATION},
         "distributed": distributed,
     })
     runtime = Runtime(config)
@@ -105,15 +109,16 @@ def worker(args: argparse.Namespace) -> None:
     g = torch.Generator().manual_seed(1000 + runtime.process_index)
     times, measured = [], 0
     for step in range(args.steps):
-        ids = torch.randint(0, args.vocab, (args.batch // world, args.seq), generator=g)
         start = time.perf_counter()
-        with runtime.accumulate(model):
-            loss = model(input_ids=ids, labels=ids).loss
-            runtime.backward(loss)
-        if step == args.steps - 1:
-            gc.collect()
-            grads = [p.grad for p in runtime.unwrap(model).parameters() if p.grad is not None]
-            measured = live_tensor_bytes([ids], grads)
+        for micro in range(ACCUMULATION):
+            ids = torch.randint(0, args.vocab, (args.batch // world // ACCUMULATION, args.seq), generator=g)
+            with runtime.accumulate(model):
+                loss = model(input_ids=ids, labels=ids).loss
+                runtime.backward(loss)
+            if step == args.steps - 1 and micro == 0:  # mid-accumulation: the gradients the formula counts
+                gc.collect()
+                grads = [p.grad for p in runtime.unwrap(model).parameters() if p.grad is not None]
+                measured = live_tensor_bytes([ids], grads)
         runtime.optimizer_step(model, optimizer, 1.0)
         if step >= 2:  # the first steps allocate optimizer state
             times.append(time.perf_counter() - start)
