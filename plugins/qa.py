@@ -1,0 +1,450 @@
+"""Extractive question answering (SQuAD v1.1 and v2) with the official EM/F1.
+
+Data: SQuAD JSON (``{"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}``)
+or jsonl records with ``id``, ``question``, ``context`` and ``answers`` (a list of
+``{"text", "answer_start"}`` or the Hugging Face ``{"text": [...], "answer_start": [...]}``).
+SQuAD v2 questions marked ``is_impossible`` (or with no answers) are unanswerable.
+
+Long contexts are split into windows of ``data.max_length`` tokens overlapping by
+``task.doc_stride``; a window that does not hold the answer is trained to point at the
+[CLS] token. At evaluation the n-best start/end pairs of every window of a question
+are scored together and the best span (or, for v2, the null answer) is kept.
+
+``task.dev_fraction``/``test_fraction`` split one file by article (seeded by
+``task.split_seed``) for data sets that come as a single file, such as XQuAD.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import string
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from tuneforge import hookimpl
+from tuneforge.errors import ConfigError, DataError
+from tuneforge.tasks import Task, TaskOptions
+from tuneforge.text import char_span_to_token_span
+
+log = logging.getLogger(__name__)
+
+
+# -- the official SQuAD evaluation ----------------------------------------------------
+
+
+PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """Lower text and remove punctuation, articles and extra whitespace (SQuAD v1.1 script)."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in PUNCTUATION)
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def exact_match_score(prediction: str, ground_truth: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(ground_truth))
+
+
+def f1_score(prediction: str, ground_truth: str) -> float:
+    """Token-overlap F1 of the SQuAD v1.1 script. An empty ground truth (an unanswerable
+    SQuAD v2 question) scores 1 only for an empty prediction, as in the v2 script."""
+    pred_tokens = normalize_answer(prediction).split()
+    gold_tokens = normalize_answer(ground_truth).split()
+    if ground_truth == "":
+        return float(not pred_tokens)
+    common = Counter(pred_tokens) & Counter(gold_tokens)
+    num_same = sum(common.values())
+    if num_same == 0:
+        return 0.0
+    precision = num_same / len(pred_tokens)
+    recall = num_same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(predictions: dict[str, str], gold: dict[str, list[str]]) -> dict[str, float]:
+    """EM and F1 in percent (max over gold answers, mean over questions), like the official
+    script; with unanswerable questions (gold ``[]``) also the has-answer/no-answer breakdown."""
+    em: dict[str, float] = {}
+    f1: dict[str, float] = {}
+    for qid, answers in gold.items():
+        if qid not in predictions:
+            raise ValueError(f"no prediction for question '{qid}'")
+        pred = predictions[qid]
+        truths = [a for a in answers if normalize_answer(a)] or [""]
+        em[qid] = max(exact_match_score(pred, a) for a in truths)
+        f1[qid] = max(f1_score(pred, a) for a in truths)
+    total = max(1, len(gold))
+    scores = {"exact_match": 100.0 * sum(em.values()) / total, "f1": 100.0 * sum(f1.values()) / total}
+    no_answer = {q for q, a in gold.items() if not any(normalize_answer(x) for x in a)}
+    if no_answer:
+        has_answer = set(gold) - no_answer
+        for name, ids in (("has_answer", has_answer), ("no_answer", no_answer)):
+            n = max(1, len(ids))
+            scores[f"{name}_exact_match"] = 100.0 * sum(em[q] for q in ids) / n
+            scores[f"{name}_f1"] = 100.0 * sum(f1[q] for q in ids) / n
+    return scores
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+class QAOptions(TaskOptions):
+    doc_stride: int | None = Field(
+        None, ge=0, description="Tokens of context overlap between the windows of a long context; default max_length / 4."
+    )
+    max_query_length: int = Field(64, ge=1, description="Questions are cut to this many tokens.")
+    max_answer_length: int = Field(30, ge=1, description="Longest answer span predicted, in tokens.")
+    n_best_size: int = Field(20, ge=1, description="Start and end candidates per window in post-processing.")
+    version_2_with_negative: bool | None = Field(
+        None, description="Allow the null answer (SQuAD v2); default: on if the training data has unanswerable questions."
+    )
+    null_score_diff_threshold: float = Field(
+        0.0, description="v2: answer null when null score > best span score + this threshold."
+    )
+    dev_fraction: float | None = Field(
+        None, gt=0, lt=1, description="Hold out this fraction of data.train's articles as validation (by article)."
+    )
+    test_fraction: float = Field(0.0, ge=0, lt=1, description="Hold out this fraction of data.train's articles as test.")
+    split_seed: int = Field(0, ge=0, description="Seed of the article split.")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> QAOptions:
+        if (self.dev_fraction or 0.0) + self.test_fraction >= 1.0:
+            raise ValueError("dev_fraction + test_fraction must leave some articles for training")
+        return self
+
+
+def _answers(raw: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(raw, dict):  # Hugging Face layout: {"text": [...], "answer_start": [...]}
+        texts, starts = raw.get("text", []), raw.get("answer_start", [])
+        if len(texts) != len(starts):
+            raise DataError(f"{where}: answers has {len(texts)} texts but {len(starts)} answer_start values")
+        raw = [{"text": t, "answer_start": s} for t, s in zip(texts, starts)]
+    if not isinstance(raw, list):
+        raise DataError(f"{where}: 'answers' must be a list of {{text, answer_start}}")
+    out = []
+    for j, a in enumerate(raw):
+        if not isinstance(a, dict) or not isinstance(a.get("text"), str) or not isinstance(a.get("answer_start"), int):
+            raise DataError(f"{where}, answer {j + 1}: needs a string 'text' and an integer 'answer_start'")
+        out.append({"text": a["text"], "answer_start": a["answer_start"]})
+    return out
+
+
+def _question(qa: Any, context: str, title: str, article: int, where: str) -> dict[str, Any]:
+    if not isinstance(qa, dict):
+        raise DataError(f"{where}: a question must be an object")
+    for key in ("id", "question"):
+        if not isinstance(qa.get(key), str | int):
+            raise DataError(f"{where}: missing field '{key}' (fields present: {', '.join(sorted(qa)) or 'none'})")
+    where = f"{where} (id {qa['id']})"
+    if "answers" not in qa and not qa.get("is_impossible"):
+        raise DataError(f"{where}: missing field 'answers'")
+    answers = _answers(qa.get("answers", []), where)
+    impossible = bool(qa.get("is_impossible", False)) or not answers
+    for a in answers:
+        start, text = a["answer_start"], a["text"]
+        if context[start : start + len(text)] != text:
+            found = [m.start() for m in re.finditer(re.escape(text), context)] if text else []
+            if not found:
+                raise DataError(f"{where}: answer '{text}' does not occur in the context")
+            a["answer_start"] = min(found, key=lambda s: abs(s - start))  # nearest occurrence
+            a["moved"] = True
+    return {"id": str(qa["id"]), "question": str(qa["question"]), "context": context, "title": title,
+            "article": article, "answers": [] if impossible else answers}
+
+
+def read_squad(path: Path) -> list[dict[str, Any]]:
+    """Questions of a SQuAD JSON or jsonl file as flat records (answer offsets checked)."""
+    if not path.is_file():
+        raise DataError(f"data file '{path}' does not exist")
+    records: list[dict[str, Any]] = []
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        with path.open(encoding="utf-8") as fh:
+            for ln, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}, line {ln}: not valid JSON: {exc.msg}") from None
+                if not isinstance(obj, dict) or not isinstance(obj.get("context"), str):
+                    raise DataError(f"{path}, line {ln}: needs an object with a string 'context'")
+                title = str(obj.get("title", ""))
+                records.append(_question(obj, obj["context"], title, -1, f"{path}, line {ln}"))
+        titles = {t: i for i, t in enumerate(dict.fromkeys(r["title"] for r in records))}
+        for r in records:  # jsonl articles: records sharing a title
+            r["article"] = titles[r["title"]]
+    else:
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
+            raise DataError(f"{path}: expected SQuAD JSON, an object with a 'data' list of articles")
+        for ai, article in enumerate(obj["data"]):
+            paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+            if not isinstance(paragraphs, list):
+                raise DataError(f"{path}: data[{ai}] has no 'paragraphs' list")
+            title = str(article.get("title", ai))
+            for pi, para in enumerate(paragraphs):
+                where = f"{path}: data[{ai}].paragraphs[{pi}]"
+                if not isinstance(para, dict) or not isinstance(para.get("context"), str) or not isinstance(para.get("qas"), list):
+                    raise DataError(f"{where}: needs a string 'context' and a 'qas' list")
+                for qi, qa in enumerate(para["qas"]):
+                    records.append(_question(qa, para["context"], title, ai, f"{where}.qas[{qi}]"))
+    if not records:
+        raise DataError(f"{path}: no questions found")
+    moved = sum(any(a.pop("moved", False) for a in r["answers"]) for r in records)
+    if moved:
+        log.warning("%s: %d answers had an answer_start not matching their text; moved to the nearest match", path, moved)
+    ids = Counter(r["id"] for r in records)
+    dupes = [q for q, n in ids.items() if n > 1]
+    if dupes:
+        raise DataError(f"{path}: question ids must be unique; repeated: {dupes[:5]}")
+    return records
+
+
+def split_articles(n_articles: int, dev_fraction: float, test_fraction: float, seed: int) -> dict[str, set[int]]:
+    """Seeded article indices for train/validation/test (each held-out part gets >= 1 article)."""
+    order = list(range(n_articles))
+    random.Random(seed).shuffle(order)
+    n_test = max(1, round(test_fraction * n_articles)) if test_fraction else 0
+    n_dev = max(1, round(dev_fraction * n_articles)) if dev_fraction else 0
+    if n_test + n_dev >= n_articles:
+        raise DataError(f"cannot hold out {n_dev} + {n_test} of {n_articles} articles and keep some for training")
+    return {"test": set(order[:n_test]), "validation": set(order[n_test : n_test + n_dev]),
+            "train": set(order[n_test + n_dev :])}
+
+
+# -- the task -------------------------------------------------------------------------------
+
+
+class QATask(Task):
+    name = "qa"
+    Options = QAOptions
+    primary_metric = "f1"
+    greater_is_better = True
+    metadata_keys = frozenset({"example", "qid", "offsets", "context", "answers", "cls_index"})
+    options: QAOptions
+
+    def __init__(self, options: Any, config: Any) -> None:
+        super().__init__(options, config)
+        o, d = self.options, config.data
+        self.doc_stride = o.doc_stride if o.doc_stride is not None else d.max_length // 4
+        room = d.max_length - o.max_query_length - 3
+        if self.doc_stride >= room:
+            raise ConfigError(
+                f"task.doc_stride ({self.doc_stride}) must be smaller than data.max_length ({d.max_length}) minus "
+                f"task.max_query_length ({o.max_query_length}) minus 3 special tokens = {room}"
+            )
+        for key, fraction in (("validation", o.dev_fraction), ("test", o.test_fraction)):
+            other = getattr(d, key)
+            same = other is not None and d.train is not None and Path(other).resolve() == Path(d.train).resolve()
+            if fraction and not same:
+                raise ConfigError(
+                    f"task.{'dev' if key == 'validation' else 'test'}_fraction holds out articles of data.train "
+                    f"for {key}; set data.{key} to the same file as data.train ({d.train})"
+                )
+            if same and not fraction:
+                raise ConfigError(
+                    f"data.{key} is the same file as data.train; set task."
+                    f"{'dev' if key == 'validation' else 'test'}_fraction to hold out part of its articles"
+                )
+        self.allow_null = bool(o.version_2_with_negative)
+
+    # -- data ---------------------------------------------------------------------------
+
+    def read(self, path: str, split: str) -> list[dict[str, Any]]:
+        records = read_squad(Path(path))
+        o, d = self.options, self.config.data
+        if (o.dev_fraction or o.test_fraction) and d.train and Path(path).resolve() == Path(d.train).resolve():
+            n_articles = 1 + max(r["article"] for r in records)
+            keep = split_articles(n_articles, o.dev_fraction or 0.0, o.test_fraction, o.split_seed)[split]
+            records = [r for r in records if r["article"] in keep]
+            log.info("%s: %s split = %d articles, %d questions (split_seed %d)", path, split, len(keep),
+                     len(records), o.split_seed)
+        return records
+
+    def prepare(self, train_records: list[dict[str, Any]]) -> None:
+        if self.options.version_2_with_negative is None:
+            self.allow_null = any(not r["answers"] for r in train_records)
+        elif not self.allow_null and any(not r["answers"] for r in train_records):
+            n = sum(not r["answers"] for r in train_records)
+            raise DataError(
+                f"{self.config.data.train}: {n} questions have no answer but task.version_2_with_negative is false; "
+                "set it to true (SQuAD v2) or remove them"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version_2_with_negative": self.allow_null}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.allow_null = bool(state["version_2_with_negative"])
+
+    # -- model and features ---------------------------------------------------------------
+
+    def build_model(self, tokenizer: Any) -> torch.nn.Module:
+        from transformers import AutoModelForQuestionAnswering
+
+        return AutoModelForQuestionAnswering.from_pretrained(self.model_path(), **self.pretrained_kwargs())
+
+    def _questions(self, records: list[dict[str, Any]], tokenizer: Any) -> list[str]:
+        """Questions without leading spaces, cut to ``max_query_length`` tokens."""
+        questions = [r["question"].lstrip() for r in records]
+        limit = self.options.max_query_length
+        enc = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
+        cut = 0
+        for i, offsets in enumerate(enc["offset_mapping"]):
+            if len(offsets) > limit:
+                questions[i] = questions[i][: offsets[limit - 1][1]]
+                cut += 1
+        if cut:
+            log.info("%d questions cut to %d tokens (task.max_query_length)", cut, limit)
+        return questions
+
+    def encode(self, records: list[dict[str, Any]], tokenizer: Any, split: str) -> list[dict[str, Any]]:
+        if not getattr(tokenizer, "is_fast", True):
+            raise ConfigError("the qa task needs a fast tokenizer (offset mappings); this model's is not")
+        if split != "predict" and not self.allow_null and any(not r["answers"] for r in records):
+            r = next(r for r in records if not r["answers"])
+            raise DataError(
+                f"{getattr(self.config.data, split, split)}: question '{r['id']}' has no answer, but the model was "
+                "not trained for unanswerable questions; set task.version_2_with_negative: true"
+            )
+        pad_right = tokenizer.padding_side == "right"
+        questions = self._questions(records, tokenizer)
+        contexts = [r["context"] for r in records]
+        enc = tokenizer(
+            questions if pad_right else contexts,
+            contexts if pad_right else questions,
+            truncation="only_second" if pad_right else "only_first",
+            max_length=self.config.data.max_length,
+            stride=self.doc_stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+        )
+        context_index = 1 if pad_right else 0
+        model_keys = [k for k in enc if k not in ("offset_mapping", "overflow_to_sample_mapping")]
+        features: list[dict[str, Any]] = []
+        outside = 0
+        for f, ex in enumerate(enc["overflow_to_sample_mapping"]):
+            rec = records[ex]
+            seq_ids = enc.sequence_ids(f)
+            offsets = [tuple(o) if s == context_index else None for o, s in zip(enc["offset_mapping"][f], seq_ids)]
+            ids = enc["input_ids"][f]
+            cls_index = ids.index(tokenizer.cls_token_id) if tokenizer.cls_token_id in ids else 0
+            feat: dict[str, Any] = {k: enc[k][f] for k in model_keys}
+            feat.update(example=ex, qid=rec["id"], offsets=offsets, context=rec["context"],
+                        answers=[a["text"] for a in rec["answers"]], cls_index=cls_index)
+            if split != "predict":
+                span = None
+                if rec["answers"]:
+                    a = rec["answers"][0]
+                    span = char_span_to_token_span(offsets, a["answer_start"], a["answer_start"] + len(a["text"]))
+                    outside += span is None
+                feat["start_positions"], feat["end_positions"] = span or (cls_index, cls_index)
+            features.append(feat)
+        n_windows = Counter(enc["overflow_to_sample_mapping"])
+        log.info(
+            "%s: %d questions -> %d features (%d contexts split into windows of %d tokens, stride %d; %d windows "
+            "without the answer point at [CLS])", split, len(records), len(features),
+            sum(n > 1 for n in n_windows.values()), self.config.data.max_length, self.doc_stride, outside,
+        )
+        return features
+
+    # -- evaluation ---------------------------------------------------------------------
+
+    def evaluation_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        starts, ends = batch.get("start_positions"), batch.get("end_positions")
+        out = model(**{k: v for k, v in batch.items() if k not in ("start_positions", "end_positions")})
+        result = {"start_logits": out.start_logits.float(), "end_logits": out.end_logits.float()}
+        if starts is not None and ends is not None:
+            ce = torch.nn.functional.cross_entropy
+            result["loss"] = (ce(result["start_logits"], starts, reduction="none")
+                              + ce(result["end_logits"], ends, reduction="none")) / 2
+        return result
+
+    def postprocess(self, outputs: dict[str, np.ndarray], features: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Best answer per question id over all its windows: ``{"text", "score", "null_score", "nbest"}``."""
+        o = self.options
+        by_example: dict[int, list[int]] = defaultdict(list)
+        for f, feat in enumerate(features):
+            by_example[feat["example"]].append(f)
+        results: dict[str, dict[str, Any]] = {}
+        for ex in sorted(by_example):
+            feats = by_example[ex]
+            context = features[feats[0]]["context"]
+            null_score = None
+            candidates: dict[tuple[int, int], float] = {}
+            for f in feats:
+                offsets = features[f]["offsets"]
+                start_logits = outputs["start_logits"][f][: len(offsets)]
+                end_logits = outputs["end_logits"][f][: len(offsets)]
+                cls = features[f]["cls_index"]
+                null = float(start_logits[cls] + end_logits[cls])
+                null_score = null if null_score is None else min(null_score, null)
+                top_starts = np.argsort(start_logits)[::-1][: o.n_best_size]
+                top_ends = np.argsort(end_logits)[::-1][: o.n_best_size]
+                for s in top_starts:
+                    if offsets[s] is None:
+                        continue
+                    for e in top_ends:
+                        if offsets[e] is None or e < s or e - s + 1 > o.max_answer_length:
+                            continue
+                        span = (offsets[s][0], offsets[e][1])
+                        score = float(start_logits[s] + end_logits[e])
+                        if score > candidates.get(span, -np.inf):
+                            candidates[span] = score
+            ranked = sorted(candidates.items(), key=lambda kv: -kv[1])[: o.n_best_size]
+            nbest = [{"text": context[a:b], "score": score} for (a, b), score in ranked]
+            if self.allow_null:
+                nbest.append({"text": "", "score": null_score})
+                nbest.sort(key=lambda x: -x["score"])
+            if nbest:
+                scores = np.array([x["score"] for x in nbest])
+                probs = np.exp(scores - scores.max())
+                for x, p in zip(nbest, probs / probs.sum()):
+                    x["probability"] = float(p)
+            best = ranked[0] if ranked else None
+            text, score = (context[best[0][0] : best[0][1]], best[1]) if best else ("", -np.inf)
+            if self.allow_null and (best is None or null_score > score + o.null_score_diff_threshold):  # type: ignore[operator]
+                text = ""
+            results[features[feats[0]]["qid"]] = {"text": text, "score": score, "null_score": null_score, "nbest": nbest}
+        return results
+
+    def _gold(self, features: list[dict[str, Any]]) -> dict[str, list[str]]:
+        return {f["qid"]: f["answers"] for f in features}
+
+    def compute_metrics(self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]]) -> dict[str, float]:
+        answers = {q: r["text"] for q, r in self.postprocess(outputs, features).items()}
+        return squad_scores(answers, self._gold(features))
+
+    def predictions(self, outputs: dict[str, np.ndarray], features: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        best = self.postprocess(outputs, features)
+        return [{"id": r["id"], "answer": best[r["id"]]["text"], "score": best[r["id"]]["score"]} for r in records]
+
+    def write_reports(self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]], directory: Path) -> None:
+        best = self.postprocess(outputs, features)
+        out = directory / "reports"
+        out.mkdir(parents=True, exist_ok=True)
+        answers = {q: r["text"] for q, r in best.items()}
+        (out / f"{split}_predictions.json").write_text(json.dumps(answers, indent=2, ensure_ascii=False), encoding="utf-8")
+        nbest = {q: r["nbest"][:5] for q, r in best.items()}
+        (out / f"{split}_nbest.json").write_text(json.dumps(nbest, indent=2, ensure_ascii=False), encoding="utf-8")
+        scores = squad_scores(answers, self._gold(features))
+        (out / f"{split}_squad_scores.json").write_text(json.dumps(scores, indent=2), encoding="utf-8")
+
+
+@hookimpl
+def tf_register_tasks(register: Any) -> None:
+    register("qa", QATask)
