@@ -1,7 +1,9 @@
-"""Launcher entry point: the same code path as ``tuneforge train``.
+"""Launcher entry point: the same code path as ``tuneforge train`` (see docs/distributed.md).
 
-    accelerate launch launch/run.py --config configs/quickstart.yaml training.lr=3e-5
-    torchrun --nproc_per_node 2 launch/run.py --config configs/quickstart.yaml
+    torchrun --nproc_per_node 2 launch/run.py --config configs/quickstart.yaml training.lr=3e-5
+    accelerate launch --config_file launch/accelerate/ddp.yaml launch/run.py --config configs/quickstart.yaml
+    accelerate launch --config_file launch/accelerate/deepspeed_zero3.yaml launch/run.py --config ...
+    sbatch --nodes 2 launch/slurm.sbatch configs/quickstart.yaml          # multi-node (SLURM)
 """
 
 import sys
