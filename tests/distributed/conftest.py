@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from launching import check, run, train_args, worker_env, write_config
 
 N_TRAIN, N_EVAL = 96, 33  # 33: the last eval batch is ragged across 2 ranks

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 import torch
 import yaml
-
 from conftest import BATCH, N_EVAL, STEPS, make_config
 from launching import (
     REPO,
@@ -33,6 +32,7 @@ from launching import (
     worker_env,
     write_config,
 )
+
 from tuneforge.distributed import free_port
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
