@@ -132,8 +132,8 @@ class EpisodeLearner:
 
     # -- embeddings ----------------------------------------------------------------------
 
-    def _base(self) -> torch.nn.Module:
-        model = self.encoder
+    def _base(self) -> Any:
+        model: Any = self.encoder
         if hasattr(model, "get_base_model"):  # a PEFT wrapper
             model = model.get_base_model()
         return model
@@ -151,7 +151,8 @@ class EpisodeLearner:
     @contextlib.contextmanager
     def _truncated(self, lower: bool) -> Iterator[None]:
         """The encoder with only its lower (frozen) or upper (trainable) layers."""
-        base, layers = self._base(), self._layers()
+        base: Any = self._base()
+        layers = self._layers()
         embeddings = base.embeddings
         base.encoder.layer = torch.nn.ModuleList(list(layers[: self._cut] if lower else layers[self._cut :]))
         if not lower:
@@ -270,7 +271,7 @@ class EpisodeLearner:
         """Save the encoder in Hugging Face format (adapters merged in) with the tokenizer:
         a directory ``model.name_or_path`` of ``tuneforge train``/``search`` can start from."""
         directory.mkdir(parents=True, exist_ok=True)
-        model = self.encoder
+        model: Any = self.encoder
         if hasattr(model, "merge_and_unload"):
             model = copy.deepcopy(model).merge_and_unload()
         model.save_pretrained(str(directory))

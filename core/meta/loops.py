@@ -95,7 +95,7 @@ def meta_train(
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        metrics = {"loss": float(losses[0] / losses[1]), "outer_lr": lr, "meta_grad_norm": float(gradient.norm())}
+        metrics = {"loss": float(losses[0] / losses[1]), "outer_lr": float(lr), "meta_grad_norm": float(gradient.norm())}
         history.steps.append(metrics)
         if on_step is not None:
             on_step(step + 1, metrics)

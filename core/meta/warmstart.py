@@ -88,7 +88,7 @@ def warm_start_from_similar(study: Any, storage: Any, metadata: dict[str, Any], 
             continue
         sign = 1.0 if source.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
         done = [t for t in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-        for trial in sorted(done, key=lambda t: sign * float(t.value))[:top_k]:
+        for trial in sorted(done, key=lambda t: sign * float(t.value or 0.0))[:top_k]:
             chosen = {k: v for k, v in trial.params.items() if k in params}
             key = tuple(sorted(chosen.items()))
             if not chosen or key in seen:
