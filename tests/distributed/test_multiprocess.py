@@ -45,6 +45,7 @@ def assert_same_losses(run_dir: Path, reference: Path, first_step: int = 1) -> f
     assert len(got) == len(want), (got, want)
     diff = max(abs(a - b) for a, b in zip(got, want))
     assert diff < TOL, f"loss curves differ by {diff}: {got} vs {want}"
+    print(f"{run_dir.parent.name}: max |loss - reference| over {len(got)} steps = {diff:.2e}")
     return diff
 
 
@@ -64,6 +65,7 @@ def assert_same_weights(a: Path, b: Path) -> float:
     assert sa.keys() == sb.keys()
     diff = max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)
     assert diff < TOL, f"exported weights differ by {diff}"
+    print(f"{a.parent.name}: max |weight - reference| = {diff:.2e}")
     return diff
 
 
