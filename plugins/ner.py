@@ -149,7 +149,9 @@ def read_conll(path: Path, options: NEROptions, with_tags: bool = True) -> list[
     def flush() -> None:
         if tokens:
             sentences.append({"tokens": list(tokens), "raw_tags": list(tags), "lines": list(lines)})
-            tokens.clear(), tags.clear(), lines.clear()
+            tokens.clear()
+            tags.clear()
+            lines.clear()
 
     sep = options.column_separator
     with path.open(encoding="utf-8") as fh:
@@ -231,7 +233,7 @@ def read_ner_file(path: str | Path, options: NEROptions, fmt: str = "auto", with
     sentences = reader(path, options, with_tags)
     if not sentences:
         raise DataError(f"{path}: no sentences found")
-    scheme = options.tag_scheme
+    scheme: str = options.tag_scheme
     if with_tags:
         if scheme == "auto":
             scheme = detect_scheme([s["raw_tags"] for s in sentences])
@@ -419,12 +421,12 @@ class NERTask(Task):
             for pos, w in enumerate(feat["word_index"]):
                 if w >= 0:
                     tags[w] = labels[int(row[pos])]
-        out = []
+        out: list[list[str]] = []
         for i in range(len(sentences)):
-            tags = sentences[i]
-            if any(t is None for t in tags):
+            done = [t for t in sentences[i] if t is not None]
+            if len(done) != len(sentences[i]):
                 raise RuntimeError(f"sentence {i}: tokens without a prediction (features out of order?)")
-            out.append(tags)  # type: ignore[arg-type]
+            out.append(done)
         return out
 
     def _seqeval_kwargs(self) -> dict[str, Any]:
