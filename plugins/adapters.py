@@ -90,6 +90,11 @@ def check_targets(model: torch.nn.Module, targets: str | list[str], adapter: str
         )
 
 
+def output_embeddings(model: torch.nn.Module) -> torch.nn.Module | None:
+    getter = getattr(model, "get_output_embeddings", None)
+    return getter() if callable(getter) else None
+
+
 def task_head_modules(model: torch.nn.Module) -> list[str]:
     """Top-level modules outside the pretrained base (e.g. ``classifier``, ``score``, ``qa_outputs``).
 
@@ -99,7 +104,7 @@ def task_head_modules(model: torch.nn.Module) -> list[str]:
     base = getattr(model, prefix, None) if prefix else None
     if not isinstance(base, torch.nn.Module) or base is model:
         return []
-    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    out_emb = output_embeddings(model)
     heads = []
     for name, child in model.named_children():
         if child is base or not any(True for _ in child.parameters()):
@@ -266,7 +271,7 @@ class PeftAdapter(Adapter):
 
         peft_config = self.peft_config(model)
         if self.config.distributed.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need grads
+            model.enable_input_require_grads()  # type: ignore[operator]  # frozen embeddings: checkpointed blocks still need grads
         try:
             wrapped = get_peft_model(model, peft_config)
         except ValueError as exc:  # PEFT's own target/config checks
@@ -334,7 +339,7 @@ class IA3Adapter(PeftAdapter):
         ff = self.options.feedforward_modules
         if ff is None:
             ff_map = constants.TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING
-            ff = list(ff_map.get(model_type(model), [])) if self.options.target_modules is None else []
+            ff = list(ff_map.get(model_type(model) or "", [])) if self.options.target_modules is None else []
         if isinstance(targets, list):
             extra = [m for m in ff if m not in targets]
             if extra:
@@ -393,10 +398,10 @@ class QLoraAdapter(LoraAdapter):
 
         o = self.options
         heads = o.modules_to_save if o.modules_to_save is not None else default_modules_to_save(model)
-        out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        out_emb = output_embeddings(model)
         skip = list(heads) + [n for n, m in model.named_modules() if out_emb is not None and m is out_emb]
         m = self.config.model
-        quantized = type(model).from_pretrained(
+        quantized = type(model).from_pretrained(  # type: ignore[attr-defined]
             task.model_path(), config=model.config, quantization_config=self.quantization_config(skip),
             device_map={"": torch.cuda.current_device()}, dtype=getattr(torch, self.options.compute_dtype),
             revision=m.revision, trust_remote_code=m.trust_remote_code,
