@@ -128,3 +128,23 @@ def test_listed_task_collection(tiny_meta_config: dict[str, Any], tmp_path: Path
     assert results["meta_test"]["3-way 1-shot"]["multitask"]["episodes"] == 3
     splits = json.loads((Path(cfg["output"]["dir"]) / "splits.json").read_text())
     assert sorted(splits["train"]) == ["src1", "src2"] and list(splits["test"]) == ["held"]
+
+
+def test_adapter_mode_meta_learns_lora_and_exports_merged(tiny_meta_config: dict[str, Any], tiny_bert: str) -> None:
+    pytest.importorskip("peft")
+    from safetensors.torch import load_file
+
+    cfg = copy.deepcopy(tiny_meta_config)
+    cfg["adapter"] = {"type": "lora", "r": 4, "dropout": 0.0}
+    cfg["meta"].update({"learn": "adapter", "meta_steps": 3, "outer_optimizer": "adam", "outer_lr": 1e-2,
+                        "val_episodes": 0, "eval": {"ways": [3], "shots": [2], "episodes": 3, "steps": 1,
+                                                    "baselines": ["pretrained"]}})
+    results = run_meta(validate(cfg))
+    assert results["learn"] == "adapter"
+    exported = load_file(str(Path(results["meta_start"]) / "model.safetensors"))
+    assert not any("lora" in k for k in exported)  # merged into plain weights
+    base = _weights(tiny_bert)
+    query = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(exported[query], base[query])  # the LoRA update reached the merged weights
+    key = "embeddings.word_embeddings.weight"
+    assert torch.equal(exported[key], base[key])  # frozen base weights untouched
