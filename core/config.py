@@ -174,6 +174,13 @@ class MetaSourceTask(Section):
     data: DataConfig = Field(description="The task's data files (train is used; validation/test are added).")
 
 
+MetaBaseline = Literal["pretrained", "multitask"]
+
+
+def _default_baselines() -> list[MetaBaseline]:
+    return ["pretrained", "multitask"]
+
+
 class MetaEvalConfig(Section):
     """Meta-test: few-shot fine-tuning on held-out episodes, reported with 95% confidence intervals."""
 
@@ -184,8 +191,8 @@ class MetaEvalConfig(Section):
     steps: int | None = Field(None, ge=0, description="Fine-tuning steps per episode; default: meta.inner_steps.")
     lr: float | None = Field(None, gt=0, description="Fine-tuning learning rate; default: meta.inner_lr.")
     batch_size: int | None = Field(None, ge=1, description="Support examples per step; default: the whole support set.")
-    baselines: list[Literal["pretrained", "multitask"]] = Field(
-        default_factory=lambda: ["pretrained", "multitask"],
+    baselines: list[MetaBaseline] = Field(
+        default_factory=_default_baselines,
         description="Starts compared with the meta-learned one on the same episodes.",
     )
 

@@ -49,8 +49,7 @@ def write_wordpiece_vocab(path: Path) -> Path:
 def make_tiny_bert(directory: Path, *, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
     """Save a tiny random BERT (masked-LM weights, any head loads from it) and tokenizer."""
     import torch
-    from transformers import BertConfig, BertForMaskedLM
-    from transformers import BertTokenizerFast  # type: ignore[attr-defined]
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast  # type: ignore[attr-defined]
 
     directory.mkdir(parents=True, exist_ok=True)
     vocab_file = write_wordpiece_vocab(directory / "vocab.txt")

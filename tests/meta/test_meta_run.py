@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from meta_data import KEYWORDS, write_many_label_csv
 
 from tuneforge.cli import main
 from tuneforge.config import validate
@@ -108,8 +109,6 @@ def test_preflight_refuses_bad_collections(tiny_meta_config: dict[str, Any]) -> 
 
 
 def test_listed_task_collection(tiny_meta_config: dict[str, Any], tmp_path: Path) -> None:
-    from tests.meta.conftest import KEYWORDS, write_many_label_csv
-
     full = write_many_label_csv(tmp_path / "all.csv", per_label=6)
     lines = full.read_text().splitlines()
     groups = {"src1": KEYWORDS[:5], "src2": KEYWORDS[5:10], "held": KEYWORDS[10:]}
