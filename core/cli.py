@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
 from tuneforge import __version__
 from tuneforge.errors import TuneforgeError
@@ -29,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except TuneforgeError as exc:
+        if os.environ.get("TUNEFORGE_TRACEBACK", "") not in ("", "0"):
+            traceback.print_exception(exc)
         for line in str(exc).splitlines() or [type(exc).__name__]:
             print(f"error: {line}", file=sys.stderr)
         return EXIT_USER_ERROR

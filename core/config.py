@@ -127,6 +127,10 @@ class EvaluationConfig(Section):
     strategy: EvalStrategy = Field("epoch", description="When to evaluate on validation.")
     every_n_steps: int | None = Field(None, ge=1, description="Evaluation interval when strategy=steps.")
     metric: str | None = Field(None, description="Metric for best-model selection; default: the task's primary.")
+    extra_metrics: list[str] = Field(
+        default_factory=list,
+        description="Registered metrics (tf_register_metrics) computed in addition to the task's, e.g. [matthews].",
+    )
     greater_is_better: bool | None = Field(None, description="Direction of `metric`; default: the task's.")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after this many evaluations without improvement."

@@ -28,6 +28,28 @@ def infer_format(path: str | Path, declared: str = "auto") -> str:
     raise DataError(f"{path}: cannot tell the format from the extension '.{suffix}'; set data.format to one of {', '.join(FORMATS)}")
 
 
+class Record(dict):  # type: ignore[type-arg]
+    """A record (a plain dict to every reader) that remembers where it was read: ``origin`` is
+    ``"<file>, line N"`` (csv/tsv/jsonl) or ``"<file>, record N"`` (json), and survives the
+    sampling, shuffling and splitting done after reading, so errors point at the right line."""
+
+    __slots__ = ("origin",)
+
+    def __init__(self, data: dict[str, Any], origin: str) -> None:
+        super().__init__(data)
+        self.origin = origin
+
+    def __reduce__(self) -> Any:  # pickles/copies as a Record, origin included
+        return (Record, (dict(self), self.origin))
+
+
+def record_origin(record: Any, source: str, index: int) -> str:
+    """Where ``record`` came from, for error messages: its file and line when it was read by
+    :func:`read_records`, else ``"<source>, record <index + 1>"``."""
+    origin = getattr(record, "origin", None)
+    return origin if isinstance(origin, str) else f"{source}, record {index + 1}"
+
+
 def read_records(path: str | Path, fmt: str = "auto") -> list[dict[str, Any]]:
     """Read csv/tsv (with a header), jsonl, or json (a list, or {"data": [...]}) into dicts."""
     try:
@@ -49,11 +71,11 @@ def _read_records(path: Path, fmt: str) -> list[dict[str, Any]]:
             reader = csv.DictReader(fh, delimiter="\t" if fmt == "tsv" else ",", quoting=csv.QUOTE_MINIMAL)
             if not reader.fieldnames:
                 raise DataError(f"{path}: empty file or missing header row")
-            records = []
+            records: list[dict[str, Any]] = []
             for i, row in enumerate(reader, start=2):
                 if None in row or any(v is None for v in row.values()):
                     raise DataError(f"{path}, line {i}: expected {len(reader.fieldnames)} columns ({', '.join(reader.fieldnames)})")
-                records.append(dict(row))
+                records.append(Record(row, f"{path}, line {reader.line_num}"))
             return records
     if fmt == "jsonl":
         records = []
@@ -67,7 +89,7 @@ def _read_records(path: Path, fmt: str) -> list[dict[str, Any]]:
                     raise DataError(f"{path}, line {i}: not valid JSON: {exc.msg}") from None
                 if not isinstance(obj, dict):
                     raise DataError(f"{path}, line {i}: each line must be a JSON object, got {type(obj).__name__}")
-                records.append(obj)
+                records.append(Record(obj, f"{path}, line {i}"))
         return records
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
@@ -77,7 +99,7 @@ def _read_records(path: Path, fmt: str) -> list[dict[str, Any]]:
         obj = obj["data"]
     if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
         raise DataError(f"{path}: a .json data file must hold a list of objects (or {{\"data\": [...]}})")
-    return obj
+    return [Record(r, f"{path}, record {i + 1}") for i, r in enumerate(obj)]
 
 
 def load_hub_split(name: str, subset: str | None, split: str) -> list[dict[str, Any]]:
@@ -90,7 +112,7 @@ def load_hub_split(name: str, subset: str | None, split: str) -> list[dict[str, 
         ds = datasets.load_dataset(name, subset, split=split)
     except Exception as exc:
         raise DataError(f"dataset '{name}' split '{split}' could not be loaded: {exc}") from exc
-    return [dict(r) for r in ds]
+    return [Record(dict(r), f"dataset '{name}' split '{split}', row {i}") for i, r in enumerate(ds)]
 
 
 def require_fields(records: Sequence[dict[str, Any]], fields: Sequence[str], source: str) -> None:
@@ -99,7 +121,7 @@ def require_fields(records: Sequence[dict[str, Any]], fields: Sequence[str], sou
         for f in fields:
             if f not in rec or rec[f] is None:
                 have = ", ".join(sorted(rec)) or "none"
-                raise DataError(f"{source}, record {i + 1}: missing field '{f}' (fields present: {have})")
+                raise DataError(f"{record_origin(rec, source, i)}: missing field '{f}' (fields present: {have})")
 
 
 class FeatureDataset(Dataset):

@@ -49,10 +49,13 @@ def tf_register_tasks(register: Any) -> None:
 
 @hookspec
 def tf_register_metrics(register: Any) -> None:
-    """Register metric functions: ``register("accuracy", fn)``.
+    """Register metric functions: ``register("matthews", fn)``.
 
-    ``fn(predictions, references) -> float`` over array-likes. Tasks may look
-    metrics up by name so a plugin can add or replace a metric without a new task.
+    ``fn(predictions, references) -> float``, called with one item per example
+    from the task's ``metric_inputs`` (label names, tag sequences, texts...).
+    A run computes the ones named in ``evaluation.extra_metrics`` next to the
+    task's own metrics, and may select on them (``evaluation.metric``), so a
+    plugin adds a metric to every task without a new task.
     """
 
 

@@ -27,3 +27,23 @@ def resolve_pretrained(name: str) -> str:
     if not path.exists():
         raise ConfigError(f"model '{name}': '{path}' does not exist inside package '{package}'")
     return str(path)
+
+
+def check_hub_name(name: str, key: str, revision: str | None = None) -> None:
+    """A name that is not a local path must be loadable from the Hugging Face hub (or its local
+    cache): fetches one small file (``config.json``, or ``tokenizer_config.json`` for a tokenizer),
+    so a typo, a private repo without a login, or a machine without network is a one-line error
+    before anything heavy starts."""
+    from transformers.utils.hub import cached_file
+
+    filename = "tokenizer_config.json" if key == "tokenizer" else "config.json"
+    try:
+        cached_file(name, filename, revision=revision)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"model.{key}: '{name}' is not a local directory and could not be loaded from the Hugging Face hub "
+            f"({reason}). Check the name and model.revision, log in for a private or gated model "
+            "(`hf auth login`), or point model.{key} at a downloaded copy (offline: HF_HUB_OFFLINE=1 with the "
+            "model in the local cache)".replace("{key}", key)
+        ) from None

@@ -10,6 +10,7 @@ when there is one, in batches, through the task's own ``encode``/``collate``/
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -26,7 +27,7 @@ from tuneforge.data import make_loader
 from tuneforge.distributed import to_numpy
 from tuneforge.errors import ConfigError
 from tuneforge.loop import _concat as concat_outputs
-from tuneforge.tasks import Task
+from tuneforge.tasks import Task, score
 
 log = logging.getLogger("tuneforge")
 
@@ -42,6 +43,7 @@ class TrainedModel:
     model_dir: Path
     run_dir: Path | None
     device: torch.device
+    plugins: Any = None  # the PluginManager the task came from (blames errors in plugin code)
 
 
 def resolve_source(
@@ -100,10 +102,11 @@ def load(
 
     config, model_dir, run_dir = resolve_source(run, model, task, list(overrides or []))
     pm = plugins or build_plugins(config)
-    task_obj, tokenizer, net = load_trained_model(config, model_dir, pm)
+    with pm.blaming():
+        task_obj, tokenizer, net = load_trained_model(config, model_dir, pm)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net.to(device)
-    return TrainedModel(config, task_obj, tokenizer, net, model_dir, run_dir, device)
+    return TrainedModel(config, task_obj, tokenizer, net, model_dir, run_dir, device, pm)
 
 
 def infer(
@@ -114,6 +117,14 @@ def infer(
     Returns (features, outputs): outputs are the per-feature arrays the task's
     ``evaluation_step`` returns, concatenated in feature order.
     """
+    blaming = trained.plugins.blaming() if trained.plugins is not None else contextlib.nullcontext()
+    with blaming:
+        return _infer(trained, records, split, batch_size)
+
+
+def _infer(
+    trained: TrainedModel, records: list[dict[str, Any]], split: str, batch_size: int | None
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     task, tokenizer, model = trained.task, trained.tokenizer, trained.model
     features = task.encode(records, tokenizer, split)
     if not features:
@@ -142,11 +153,11 @@ def infer(
 def compute_metrics(
     trained: TrainedModel, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]]
 ) -> dict[str, float]:
-    """The task's metrics, plus the mean per-example ``loss`` when the task returns one."""
-    metrics = trained.task.compute_metrics(outputs, split, features)
-    if "loss" in outputs and "loss" not in metrics:
-        metrics["loss"] = float(np.mean(outputs["loss"]))
-    return metrics
+    """The task's metrics, the mean per-example ``loss`` when the task returns one, and the
+    run's ``evaluation.extra_metrics``."""
+    registered = trained.plugins.metrics if trained.plugins is not None else None
+    extra = trained.config.evaluation.extra_metrics if registered is not None else []
+    return score(trained.task, outputs, split, features, extra, registered)
 
 
 def predictions(

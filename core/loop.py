@@ -19,10 +19,10 @@ import torch
 from tuneforge.checkpoint import CheckpointManager
 from tuneforge.config import RunConfig
 from tuneforge.distributed import Runtime, to_numpy
-from tuneforge.errors import TrainingError
+from tuneforge.errors import ConfigError, TrainingError, did_you_mean
 from tuneforge.plugin_manager import PluginManager
 from tuneforge.progress import Progress
-from tuneforge.tasks import Task
+from tuneforge.tasks import Task, score
 from tuneforge.tracking import Trackers
 
 
@@ -91,9 +91,7 @@ def evaluate(run: RunContext, loader: Any, split: str) -> tuple[dict[str, float]
             for k, v in to_numpy(out).items():
                 chunks[k].append(v)
     outputs = {k: _concat(v) for k, v in chunks.items()}
-    metrics = task.compute_metrics(outputs, split, run.features[split])
-    if "loss" in outputs and "loss" not in metrics:
-        metrics["loss"] = float(np.mean(outputs["loss"]))
+    metrics = score(task, outputs, split, run.features[split], run.config.evaluation.extra_metrics, run.plugins.metrics)
     model.train(was_training)
     return metrics, outputs
 
@@ -136,6 +134,11 @@ def fit(
         progress.write(f"step {s.step} validation " + " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
         run.plugins.call("tf_on_evaluate", run=run, step=s.step, split="validation", metrics=metrics)
         last_eval.update(metrics)
+        if metric_name not in metrics:
+            raise ConfigError(
+                f"evaluation.metric: '{metric_name}' is not among the validation metrics of task "
+                f"'{cfg.task.name}'{did_you_mean(metric_name, metrics)}: {', '.join(sorted(metrics))}"
+            )
         value = metrics[metric_name]
         delta = ev.early_stopping_min_delta
         improved = s.best_metric is None or (

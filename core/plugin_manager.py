@@ -9,16 +9,24 @@ Environment variables:
 * ``TUNEFORGE_LOAD_PLUGINS=a,b`` load only these entry points (empty: load none).
 * ``TUNEFORGE_DISABLE_PLUGINS=a,b`` skip these entry points.
 * ``TUNEFORGE_TRACE_HOOKS=1`` log which plugin answered which hook.
+
+An exception escaping a hook, or (inside :meth:`PluginManager.blaming`) any code
+of a plugin's task, adapter or tracker, is re-raised as a :class:`PluginError`
+naming the plugin; ``TUNEFORGE_TRACEBACK=1`` makes the CLI print the traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
-from collections.abc import Callable, Iterable
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -202,6 +210,48 @@ class PluginManager:
         if hook_name not in self.hook_names():
             raise PluginError(f"unknown hook '{hook_name}'{did_you_mean(hook_name, self.hook_names())}")
         return [self._call_impl(impl, hook_name, kwargs) for impl in self._impls(hook_name)]
+
+    # -- blame for plugin code outside hooks --------------------------------------
+
+    def _plugin_modules(self) -> dict[str, str]:
+        """Module name -> plugin name, for plugin modules and the modules of what they registered."""
+        owners = {info.module: info.name for info in self._info.values()}
+        for attr in COMPOSITION_HOOKS.values():
+            for entry in getattr(self, attr).entries():
+                module = getattr(entry.obj, "__module__", None)
+                if isinstance(module, str) and module not in owners and entry.plugin in self._info:
+                    owners[module] = entry.plugin
+        return owners
+
+    def blame(self, exc: BaseException) -> PluginError | None:
+        """A :class:`PluginError` naming the plugin whose code raised ``exc`` (the innermost
+        plugin frame of its traceback), or None when no plugin code is on it."""
+        files = {
+            getattr(sys.modules.get(module), "__file__", None): plugin for module, plugin in self._plugin_modules().items()
+        }
+        for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+            plugin = files.get(frame.filename)
+            if plugin is not None:
+                where = f"{frame.name} ({Path(frame.filename).name}:{frame.lineno})"
+                return PluginError(
+                    f"plugin '{plugin}' raised {type(exc).__name__} in {where}: {exc}. This is a bug in the "
+                    f"plugin or bad input it did not check; set TUNEFORGE_TRACEBACK=1 for the traceback, or "
+                    f"disable it with TUNEFORGE_DISABLE_PLUGINS={plugin}"
+                )
+        return None
+
+    @contextlib.contextmanager
+    def blaming(self) -> Iterator[None]:
+        """Re-raise an exception from plugin code run inside this block as a :class:`PluginError`."""
+        try:
+            yield
+        except TuneforgeError:
+            raise
+        except Exception as exc:
+            culprit = self.blame(exc)
+            if culprit is None:
+                raise
+            raise culprit from exc
 
     @staticmethod
     def hook_names() -> list[str]:

@@ -27,7 +27,7 @@ from tuneforge.data import load_hub_split, make_loader, steps_per_epoch
 from tuneforge.errors import CheckpointError, ConfigError, DataError, DistributedError, TuneforgeError
 from tuneforge.loop import FitResult, RunContext, TrainState, evaluate, fit, total_training_steps
 from tuneforge.plugin_manager import PluginManager
-from tuneforge.tasks import Task
+from tuneforge.tasks import Task, check_metric_names
 from tuneforge.tracking import Tracker, Trackers
 
 log = logging.getLogger("tuneforge")
@@ -61,6 +61,7 @@ def preflight(config: RunConfig, plugins: PluginManager | None = None, *, check_
     pm.build_registries()
     task_cls = pm.tasks.get(config.task.name)
     task_options = task_cls.parse_options(config.task.options())
+    check_metric_names(task_cls, config, pm.metrics)
     plan = Plan(config, pm, task_cls, task_options)
     if config.adapter is not None:
         plan.adapter_cls = pm.adapters.get(config.adapter.type)
@@ -90,19 +91,23 @@ def preflight(config: RunConfig, plugins: PluginManager | None = None, *, check_
 
 
 def check_local_paths(config: RunConfig) -> None:
-    """A local model/tokenizer directory or an explicit resume checkpoint must exist (hub names pass)."""
-    from tuneforge.hub import resolve_pretrained
+    """A local model/tokenizer directory or an explicit resume checkpoint must exist, and a hub
+    name must resolve on the hub or in its cache."""
+    from tuneforge.hub import check_hub_name, resolve_pretrained
 
     for key in ("name_or_path", "tokenizer"):
         name = getattr(config.model, key)
         if name is None:
             continue
         local = resolve_pretrained(name)  # pkg:... -> its directory (ConfigError when missing)
-        if (local != name or Path(local).is_absolute() or local.startswith((".", "~"))) and not Path(local).exists():
+        if Path(local).exists():
+            continue
+        if local != name or Path(local).is_absolute() or local.startswith((".", "~")):
             raise ConfigError(
                 f"model.{key}: '{name}' does not exist; give a local model directory, a Hugging Face hub "
                 "name, or pkg:<package>/<subdir>"
             )
+        check_hub_name(name, "tokenizer" if key == "tokenizer" else key, config.model.revision)
     ds_config = config.distributed.deepspeed_config
     if ds_config is not None and not Path(ds_config).is_file():
         raise ConfigError(f"distributed.deepspeed_config: file '{ds_config}' does not exist")
@@ -248,10 +253,19 @@ def setup_logging(is_main: bool) -> None:
 
 
 def train(config: RunConfig, plugins: PluginManager | None = None) -> dict[str, Any]:
-    """Train, evaluate and export one run; returns the results written to results.json."""
+    """Train, evaluate and export one run; returns the results written to results.json.
+
+    An exception raised in a plugin's code (task, adapter, tracker) comes out as a
+    :class:`PluginError` naming the plugin."""
+    plan = preflight(config, plugins)
+    with plan.plugins.blaming():
+        return _train(plan)
+
+
+def _train(plan: Plan) -> dict[str, Any]:
     from tuneforge.distributed import Runtime
 
-    plan = preflight(config, plugins)
+    config = plan.config
     runtime = Runtime(config, plan.strategy)
     setup_logging(runtime.is_main)
     log.info("distributed: %s", runtime.strategy.describe())

@@ -24,6 +24,7 @@ and a plugin module registering it::
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -35,7 +36,7 @@ from pydantic import BaseModel, ValidationError
 
 from tuneforge.config import RunConfig, Section, format_validation_error
 from tuneforge.data import pad_features, read_records
-from tuneforge.errors import ConfigError
+from tuneforge.errors import ConfigError, did_you_mean
 from tuneforge.hub import resolve_pretrained
 
 if TYPE_CHECKING:
@@ -58,6 +59,10 @@ class Task(ABC):
     #: Feature keys kept for ``compute_metrics``/``predictions`` (offsets, example ids,
     #: gold text) that the default ``collate`` leaves out of the model's batch.
     metadata_keys: ClassVar[frozenset[str]] = frozenset()
+    #: Names ``compute_metrics`` returns (``fnmatch`` patterns allowed, e.g. ``f1_*``), checked
+    #: against ``evaluation.metric`` before a run starts; empty: not declared (checked at the
+    #: first evaluation). Add ``loss`` when ``evaluation_step`` returns a per-example loss.
+    metric_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: BaseModel, config: RunConfig) -> None:
         self.options = options
@@ -157,6 +162,14 @@ class Task(ABC):
     ) -> dict[str, float]:
         """Metrics from the outputs of the whole split (in feature order, no duplicates)."""
 
+    def metric_inputs(
+        self, outputs: dict[str, np.ndarray], features: list[dict[str, Any]]
+    ) -> tuple[list[Any], list[Any]] | None:
+        """``(predictions, references)`` of a whole split, one item per example, for the metric
+        functions other plugins register (``tf_register_metrics``, selected with
+        ``evaluation.extra_metrics``). None: this task does not offer them."""
+        return None
+
     def predictions(
         self, outputs: dict[str, np.ndarray], features: list[dict[str, Any]], records: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
@@ -167,6 +180,59 @@ class Task(ABC):
         self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]], directory: Path
     ) -> None:
         """Write task-specific reports (per-class tables, samples) for ``split`` into ``directory``."""
+
+
+def offers_metric_inputs(task_cls: type[Task]) -> bool:
+    return task_cls.metric_inputs is not Task.metric_inputs
+
+
+def check_metric_names(task_cls: type[Task], config: RunConfig, registered: Any) -> None:
+    """``evaluation.extra_metrics`` must be registered metrics the task can feed, and
+    ``evaluation.metric`` one the task (or an extra metric) produces. Cheap; runs in preflight."""
+    ev = config.evaluation
+    for name in ev.extra_metrics:
+        if name not in registered:
+            available = ", ".join(registered) or "none"
+            raise ConfigError(
+                f"evaluation.extra_metrics: no metric named '{name}'{did_you_mean(name, registered)}; registered "
+                f"metrics: {available} (a plugin adds one with tf_register_metrics)"
+            )
+    if ev.extra_metrics and not offers_metric_inputs(task_cls):
+        raise ConfigError(
+            f"evaluation.extra_metrics: task '{config.task.name}' does not offer predictions/references to "
+            "registered metrics (it has no metric_inputs); remove evaluation.extra_metrics"
+        )
+    if ev.metric is None or not task_cls.metric_names:
+        return
+    known = [*task_cls.metric_names, *ev.extra_metrics]
+    if not any(fnmatch.fnmatchcase(ev.metric, pattern) for pattern in known):
+        raise ConfigError(
+            f"evaluation.metric: task '{config.task.name}' does not produce '{ev.metric}'"
+            f"{did_you_mean(ev.metric, known)}; it produces: {', '.join(known)}"
+        )
+
+
+def score(
+    task: Task,
+    outputs: dict[str, np.ndarray],
+    split: str,
+    features: list[dict[str, Any]],
+    extra_metrics: list[str] | tuple[str, ...] = (),
+    registered: Any = None,
+) -> dict[str, float]:
+    """All metrics of one split: the task's own, the mean per-example ``loss`` when the task
+    returns one, and each of ``extra_metrics`` from the ``registered`` metric functions."""
+    metrics = task.compute_metrics(outputs, split, features)
+    if "loss" in outputs and "loss" not in metrics:
+        metrics["loss"] = float(np.mean(outputs["loss"]))
+    if extra_metrics:
+        pair = task.metric_inputs(outputs, features)
+        if pair is None:
+            raise ConfigError(f"evaluation.extra_metrics: task '{task.name}' does not offer metric inputs")
+        predictions, references = pair
+        for name in extra_metrics:
+            metrics[name] = float(registered.get(name)(predictions, references))
+    return metrics
 
 
 # -- helpers for tasks that generate text during evaluation ----------------------------

@@ -72,16 +72,28 @@ def target_matches(target: str | list[str], name: str) -> bool:
     return any(name == t or name.endswith(f".{t}") for t in target)
 
 
-def check_targets(model: torch.nn.Module, targets: str | list[str], adapter: str, key: str = "target_modules") -> None:
-    """Raise ``ConfigError`` if a target matches no adaptable module, listing the ones that exist."""
+def unmatched_targets(model: torch.nn.Module, targets: str | list[str]) -> list[str]:
+    """The targets that match no adaptable module of ``model``."""
     names = list(adaptable_modules(model))
-    available = module_patterns(names)
     if targets == "all-linear":
-        return
+        return []
     if isinstance(targets, str):
-        missing = [] if any(target_matches(targets, n) for n in names) else [targets]
-    else:
-        missing = [t for t in targets if not any(target_matches([t], n) for n in names)]
+        return [] if any(target_matches(targets, n) for n in names) else [targets]
+    return [t for t in targets if not any(target_matches([t], n) for n in names)]
+
+
+def check_targets(
+    model: torch.nn.Module, targets: str | list[str], adapter: str, key: str = "target_modules",
+    only_typos: bool = False,
+) -> None:
+    """Raise ``ConfigError`` if a target matches no adaptable module, listing the ones that exist.
+
+    ``only_typos``: raise only for targets close to an existing name (the headless skeleton
+    of preflight lacks the task head, so ``classifier`` or ``lm_head`` are checked later)."""
+    available = module_patterns(list(adaptable_modules(model)))
+    missing = unmatched_targets(model, targets)
+    if only_typos:
+        missing = [t for t in missing if did_you_mean(t.split(".")[-1], [p.split(".")[-1] for p in available])]
     if missing:
         hint = did_you_mean(missing[0].split(".")[-1], [p.split(".")[-1] for p in available])
         raise ConfigError(
@@ -243,8 +255,8 @@ class PeftAdapter(Adapter):
         if targets is None or isinstance(targets, str):
             return  # defaults are resolved on the real model; regexes depend on full names
         skeleton = skeleton_model(self.config)
-        if skeleton is not None:
-            check_targets(skeleton, targets, self.name)
+        if skeleton is not None:  # typos now; names of the task head are checked on the real model
+            check_targets(skeleton, targets, self.name, only_typos=True)
 
     def resolve(self, model: torch.nn.Module) -> tuple[list[str] | str, list[str] | None]:
         """(target_modules, modules_to_save) for ``model``, checked against its modules."""

@@ -27,7 +27,7 @@ import torch
 from pydantic import Field
 
 from tuneforge import hookimpl
-from tuneforge.data import pad_features, require_fields
+from tuneforge.data import pad_features, record_origin, require_fields
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.tasks import Task, TaskOptions, any_rank, decode_ids, generate, left_pad
 from tuneforge.text import IGNORE_INDEX
@@ -63,6 +63,7 @@ class CausalLMTask(Task):
     name = "causal_lm"
     Options = CausalLMOptions
     primary_metric = "perplexity"
+    metric_names = ("loss", "perplexity", "eval_tokens")
     greater_is_better = False
     options: CausalLMOptions
 
@@ -228,7 +229,7 @@ class CausalLMTask(Task):
         features, truncated, empty = [], 0, 0
         if split == "predict":  # generate a reply for every record (and score a given one)
             for i, rec in enumerate(records):
-                ids, labels, prompt_length = self.encode_prompt(rec, tokenizer, f"{source}, record {i + 1}")
+                ids, labels, prompt_length = self.encode_prompt(rec, tokenizer, record_origin(rec, source, i))
                 if prompt_length > max_length:  # keep the end of the prompt: that is what is continued
                     truncated += 1
                     ids = ids[prompt_length - max_length : prompt_length]
@@ -240,7 +241,7 @@ class CausalLMTask(Task):
                 log.info("predict: %d of %d prompts cut to their last %d tokens", truncated, len(records), max_length)
             return features
         for i, rec in enumerate(records):
-            ids, labels, prompt_length = self.encode_record(rec, tokenizer, f"{source}, record {i + 1}")
+            ids, labels, prompt_length = self.encode_record(rec, tokenizer, record_origin(rec, source, i))
             if len(ids) > max_length:
                 truncated += 1
                 ids, labels = ids[:max_length], labels[:max_length]

@@ -13,7 +13,7 @@ import torch
 from pydantic import Field
 
 from tuneforge import hookimpl
-from tuneforge.data import require_fields
+from tuneforge.data import record_origin, require_fields
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.tasks import Task, TaskOptions
 
@@ -42,6 +42,7 @@ class ClassificationTask(Task):
     Options = ClassificationOptions
     primary_metric = "accuracy"
     greater_is_better = True
+    metric_names = ("accuracy", "macro_f1", "micro_f1", "loss")
     options: ClassificationOptions
 
     def __init__(self, options: Any, config: Any) -> None:
@@ -100,7 +101,7 @@ class ClassificationTask(Task):
                 label = str(rec[o.label_field])
                 if label not in index:
                     raise DataError(
-                        f"{source}, record {i + 1}: label '{label}' is not one of the training labels "
+                        f"{record_origin(rec, source, i)}: label '{label}' is not one of the training labels "
                         f"{self.labels}; add it to task.labels or fix the record"
                     )
                 feat["labels"] = index[label]
@@ -122,6 +123,10 @@ class ClassificationTask(Task):
 
     def compute_metrics(self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]]) -> dict[str, float]:
         return label_metrics(outputs["predictions"], outputs["labels"])
+
+    def metric_inputs(self, outputs: dict[str, np.ndarray], features: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+        """Predicted and gold label names."""
+        return [self.labels[int(p)] for p in outputs["predictions"]], [self.labels[int(y)] for y in outputs["labels"]]
 
     def predictions(self, outputs: dict[str, np.ndarray], features: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [
@@ -165,8 +170,17 @@ def _f1(average: str) -> Any:
     return f1
 
 
+def _matthews(predictions: np.ndarray, references: np.ndarray) -> float:
+    from sklearn.metrics import matthews_corrcoef
+
+    return float(matthews_corrcoef(references, predictions))
+
+
 @hookimpl
 def tf_register_metrics(register: Any) -> None:
+    """Metrics over label sequences, usable by any task's ``metric_inputs`` via ``evaluation.extra_metrics``."""
     register("accuracy", _accuracy)
     register("macro_f1", _f1("macro"))
     register("micro_f1", _f1("micro"))
+    register("weighted_f1", _f1("weighted"))
+    register("matthews", _matthews)

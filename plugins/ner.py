@@ -257,6 +257,7 @@ class NERTask(Task):
     name = "ner"
     Options = NEROptions
     primary_metric = "f1"
+    metric_names = ("precision", "recall", "f1", "f1_*", "accuracy", "loss")
     greater_is_better = True
     metadata_keys = frozenset({"sentence", "word_index", "gold", "tokens"})
     options: NEROptions
@@ -458,6 +459,10 @@ class NERTask(Task):
 
     def compute_metrics(self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]]) -> dict[str, float]:
         return self.scores(self._gold(features), self.merge_predictions(outputs["predictions"], features))
+
+    def metric_inputs(self, outputs: dict[str, np.ndarray], features: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+        """Predicted and gold IOB2 tag sequences, one per sentence."""
+        return self.merge_predictions(outputs["predictions"], features), self._gold(features)
 
     def predictions(self, outputs: dict[str, np.ndarray], features: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         tags = self.merge_predictions(outputs["predictions"], features)

@@ -233,6 +233,7 @@ class QATask(Task):
     name = "qa"
     Options = QAOptions
     primary_metric = "f1"
+    metric_names = ("exact_match", "f1", "has_answer_*", "no_answer_*", "loss")
     greater_is_better = True
     metadata_keys = frozenset({"example", "qid", "offsets", "context", "answers", "cls_index"})
     options: QAOptions
@@ -428,6 +429,11 @@ class QATask(Task):
     def compute_metrics(self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]]) -> dict[str, float]:
         answers = {q: r["text"] for q, r in self.postprocess(outputs, features).items()}
         return squad_scores(answers, self._gold(features))
+
+    def metric_inputs(self, outputs: dict[str, np.ndarray], features: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+        """Predicted answer texts and the gold answer lists, one per question."""
+        best, gold = self.postprocess(outputs, features), self._gold(features)
+        return [best[q]["text"] for q in gold], list(gold.values())
 
     def predictions(self, outputs: dict[str, np.ndarray], features: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         best = self.postprocess(outputs, features)

@@ -25,7 +25,7 @@ import torch
 from pydantic import Field
 
 from tuneforge import hookimpl
-from tuneforge.data import require_fields
+from tuneforge.data import record_origin, require_fields
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.hub import resolve_pretrained
 from tuneforge.tasks import Task, TaskOptions, decode_ids, generate
@@ -106,6 +106,7 @@ class SummarizationTask(Task):
     name = "summarization"
     Options = SummarizationOptions
     primary_metric = "rougeLsum"
+    metric_names = ("rouge1", "rouge2", "rougeLsum", "gen_words", "loss")
     greater_is_better = True
     metadata_keys = frozenset({"references"})
     options: SummarizationOptions
@@ -189,7 +190,7 @@ class SummarizationTask(Task):
         require_fields(records, [o.source_field] + ([o.target_field] if has_targets else []), source_name)
         sources, refs = [], []
         for i, rec in enumerate(records):
-            where = f"{source_name}, record {i + 1}"
+            where = record_origin(rec, source_name, i)
             sources.append(o.source_prefix + join_text(rec[o.source_field], o.join_separator, where, o.source_field))
             if has_targets:
                 refs.append(references_of(rec[o.target_field], where, o.target_field))
@@ -235,6 +236,10 @@ class SummarizationTask(Task):
 
     def decode(self, outputs: dict[str, np.ndarray]) -> list[str]:
         return [decode_ids(self.tokenizer, row) for row in outputs["generated"]]
+
+    def metric_inputs(self, outputs: dict[str, np.ndarray], features: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+        """Generated texts and the reference lists, one per example."""
+        return self.decode(outputs), [list(f["references"]) for f in features]
 
     def compute_metrics(self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]]) -> dict[str, float]:
         predictions = self.decode(outputs)

@@ -226,6 +226,9 @@ class MlflowTracker(Tracker):
         self.client.set_terminated(self.run_id, "FAILED" if status == "failed" else "FINISHED")
 
 
+WANDB_MODES = ("offline", "online", "disabled", "shared")
+
+
 class WandbTracker(Tracker):
     """Weights & Biases; offline by default so it works without network or account."""
 
@@ -243,11 +246,14 @@ class WandbTracker(Tracker):
 
         directory = self.run_dir / "wandb"
         directory.mkdir(parents=True, exist_ok=True)
+        mode = os.environ.get("WANDB_MODE", "offline")
+        if mode not in WANDB_MODES:
+            raise PluginError(f"WANDB_MODE={mode!r} is not a W&B mode; use one of {', '.join(WANDB_MODES)}")
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "tuneforge"),
             name=self.run_dir.resolve().name,
             dir=str(directory),
-            mode=os.environ.get("WANDB_MODE", "offline"),
+            mode=mode,  # type: ignore[arg-type]  # checked against WANDB_MODES
             config=plain(params.get("config", self.config)),
         )
         self.run.summary.update(flatten(plain({k: v for k, v in params.items() if k != "config"})))

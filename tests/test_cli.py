@@ -1,6 +1,7 @@
 """The command line as a user meets it: exit codes and one-line errors, no tracebacks."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,9 @@ REPO = Path(__file__).parents[1]
 
 
 def tuneforge(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # a hub name fails at once instead of retrying for ~30 s
     return subprocess.run(
-        [sys.executable, "-m", "tuneforge.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "tuneforge.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300, env=env
     )
 
 
@@ -33,6 +35,11 @@ def config_file(tmp_path, tiny_classification_config):
         ("adapter.type=nonexistent", "unknown adapter 'nonexistent'"),
         ("trackers=[jsonl, nope]", "unknown tracker 'nope'"),
         ("data.train=/does/not/exist.csv", "data.train: file '/does/not/exist.csv' does not exist"),
+        ("model.name_or_path=no-such-org/no-such-model",
+         "model.name_or_path: 'no-such-org/no-such-model' is not a local directory and could not be loaded from the "
+         "Hugging Face hub"),
+        ("evaluation.metric=acuracy", "task 'classification' does not produce 'acuracy' (did you mean 'accuracy'?)"),
+        ("evaluation.extra_metrics=[mathews]", "no metric named 'mathews' (did you mean 'matthews'?)"),
     ],
 )
 def test_bad_config_is_one_error_line(config_file, override, expected):

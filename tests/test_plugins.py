@@ -3,11 +3,13 @@
 import types
 
 import pytest
+import torch
 
 from tuneforge import hookimpl
 from tuneforge.errors import PluginError
 from tuneforge.hookspecs import hookspec  # noqa: F401 - the spec module must import cleanly
 from tuneforge.plugin_manager import COMPOSITION_HOOKS, PluginManager
+from tuneforge.plugins.classification import ClassificationTask
 
 
 def plugin_module(name: str, **hooks) -> types.ModuleType:
@@ -86,7 +88,7 @@ def test_observer_hooks_called_in_order_for_every_plugin(tf_plugin_manager, tf_r
     tf_register(plugin_module("a", tf_on_step_end=lambda run, step, metrics: seen.append(("a", step))))
     tf_register(plugin_module("b", tf_on_step_end=lambda run, step, metrics: seen.append(("b", step))))
     tf_plugin_manager.call("tf_on_step_end", run=None, step=3, metrics={})
-    assert sorted(seen) == [("a", 3), ("b", 3)]
+    assert seen == [("b", 3), ("a", 3)]  # pluggy's order: the last registered is called first
     with pytest.raises(PluginError, match="unknown hook"):
         tf_plugin_manager.call("tf_on_stepend", run=None)
 
@@ -105,3 +107,37 @@ def test_every_composition_hook_has_a_registry():
     for hook_name, attr in COMPOSITION_HOOKS.items():
         assert hook_name in PluginManager.hook_names()
         assert getattr(pm, attr).kind
+
+
+class _ExplodingTask(ClassificationTask):
+    name = "exploding"
+
+    def training_loss(self, model, batch):
+        raise RuntimeError("loss went sideways")
+
+
+class _ExplodingPlugin:
+    @hookimpl
+    def tf_register_tasks(self, register):
+        register("exploding", _ExplodingTask)
+
+
+def test_exception_in_a_plugins_task_code_names_the_plugin(tiny_classification_config, tf_run, capsys, monkeypatch):
+    """Outside hooks too: an error in a task method comes out as a PluginError with the plugin and place."""
+    cfg = {**tiny_classification_config, "task": {"name": "exploding"}}
+    with pytest.raises(PluginError) as err:
+        tf_run(cfg, plugins=[_ExplodingPlugin()])
+    msg = str(err.value)
+    assert "plugin '_ExplodingPlugin' raised RuntimeError in training_loss (test_plugins.py:" in msg
+    assert "loss went sideways" in msg and "TUNEFORGE_TRACEBACK=1" in msg
+    assert isinstance(err.value.__cause__, RuntimeError)
+
+
+def test_blame_ignores_errors_outside_plugin_code(tf_plugin_manager):
+    tf_plugin_manager.build_registries()
+    try:
+        torch.zeros(2) @ torch.zeros(3)
+    except RuntimeError as exc:
+        assert tf_plugin_manager.blame(exc) is None
+    with pytest.raises(ZeroDivisionError), tf_plugin_manager.blaming():
+        _ = 1 / 0

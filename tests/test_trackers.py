@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.machinery
+import importlib.util
 import json
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +74,10 @@ def test_jsonl_tensorboard_and_mlflow_read_back(tracked_run):
     assert yaml.safe_load(Path(artifact).read_text())["training"]["lr"] == pytest.approx(3e-3)
 
 
-def test_missing_wandb_is_a_preflight_error_with_install_hint(tiny_classification_config, tmp_path, capsys):
-    if "wandb" in sys.modules or importlib.util.find_spec("wandb") is not None:
-        pytest.skip("wandb is installed here")
+def test_missing_tracker_package_is_a_preflight_error_with_install_hint(tiny_classification_config, tmp_path,
+                                                                         capsys, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
     config = {**tiny_classification_config, "trackers": ["jsonl", "wandb"]}
     with pytest.raises(PluginError, match=r"pip install wandb.*remove 'wandb' from the config's trackers"):
         preflight(validate(config), check_output=False)
@@ -95,40 +94,69 @@ def test_unknown_tracker_name_suggests(tiny_classification_config):
         preflight(validate(config), check_output=False)
 
 
-class FakeWandbRun:
-    def __init__(self, **kwargs: Any) -> None:
-        self.init = kwargs
-        self.logged: list[tuple[dict[str, float], int]] = []
-        self.summary: dict[str, Any] = {}
-        self.exit_code: int | None = None
+def read_wandb_records(path: Path) -> list[Any]:
+    """The records of a W&B ``run-*.wandb`` file: a 7-byte header (``:W&B``, magic, version), then
+    LevelDB-log framed protobuf ``Record``s (32 KiB blocks; chunk header crc32c(4) length(2) type(1);
+    type 1 = whole record, 2/3/4 = first/middle/last fragment)."""
+    from wandb.proto import wandb_internal_pb2
 
-    def log(self, data: dict[str, float], step: int) -> None:
-        self.logged.append((data, step))
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B datastore"
+    block, pos, pending, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # block trailer
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            continue
+        pending += chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
 
-    def finish(self, exit_code: int = 0) -> None:
-        self.exit_code = exit_code
 
-
-def test_wandb_tracker_calls_offline_api(monkeypatch, tmp_path):
-    """The wandb package is not installed here: check our use of its API on a recording stand-in."""
-    from tuneforge.plugins.trackers import WandbTracker
-
-    runs: list[FakeWandbRun] = []
-    fake = types.ModuleType("wandb")
-    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
-    fake.init = lambda **kw: runs.append(FakeWandbRun(**kw)) or runs[-1]  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "wandb", fake)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    tracker = WandbTracker(tmp_path / "my-run", {"training": {"lr": 0.1}})
-    tracker.check_available()
-    tracker.log_params({"config": {"training": {"lr": 0.1}}, "system": {"world_size": 1}})
-    tracker.log_metrics(5, {"loss": 0.5}, "train")
-    tracker.finish("completed")
-    (run,) = runs
-    assert run.init["mode"] == "offline" and run.init["name"] == "my-run"
-    assert run.init["dir"] == str(tmp_path / "my-run" / "wandb") and run.init["config"] == {"training": {"lr": 0.1}}
-    assert run.logged == [({"train/loss": 0.5}, 5)]
-    assert run.summary == {"system.world_size": 1, "status": "completed"} and run.exit_code == 0
+def test_wandb_offline_run_reads_back(tf_run, tiny_classification_config, monkeypatch):
+    """W&B in its default offline mode: no network or account; the run file holds config, history, summary."""
+    pytest.importorskip("wandb")
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = {**tiny_classification_config, "trackers": ["jsonl", "wandb"]}
+    _, run_dir = tf_run(config, overrides=["training.log_every_n_steps=10"])
+    (run_file,) = (run_dir / "wandb").glob("wandb/offline-run-*/run-*.wandb")
+    records = read_wandb_records(run_file)
+    kinds = [r.WhichOneof("record_type") for r in records]
+    assert "run" in kinds and "exit" in kinds
+    history: dict[int, dict[str, Any]] = {}
+    config_items: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    for r in records:
+        kind = r.WhichOneof("record_type")
+        if kind == "history":
+            row = {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
+            history.setdefault(int(row.get("_step", -1)), {}).update(row)
+        elif kind == "run":
+            config_items.update({i.key: json.loads(i.value_json) for i in r.run.config.update})
+        elif kind == "config":
+            config_items.update({i.key: json.loads(i.value_json) for i in r.config.update})
+        elif kind == "summary":
+            summary.update({i.key: json.loads(i.value_json) for i in r.summary.update})
+        elif kind == "exit":
+            assert r.exit.exit_code == 0
+    jsonl = {x["step"]: x for x in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+             if x["split"] == "train"}
+    logged = {step: row["train/loss"] for step, row in history.items() if "train/loss" in row}
+    assert sorted(logged) == sorted(jsonl) == [10, 20, 30, 40]
+    for step, value in logged.items():
+        assert value == pytest.approx(jsonl[step]["loss"], rel=1e-6)
+    assert any("test/accuracy" in row for row in history.values())
+    assert config_items["training"]["value"]["max_steps"] == 40
+    assert summary["status"] == "completed" and summary["system.world_size"] == 1
 
 
 def test_flatten():

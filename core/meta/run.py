@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from tuneforge.config import MetaConfig, MetaSourceTask, RunConfig, dump_config
+from tuneforge.data import record_origin
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.meta.algorithm import MetaAlgorithm
 from tuneforge.meta.episodes import EpisodeSampler, LabelPool, mean_ci95, split_labels
@@ -111,7 +112,7 @@ def _pool(name: str, task: Task, config: RunConfig, store: ExampleStore, seed: i
     grouped: dict[str, list[str]] = {}
     for i, rec in enumerate(records):
         if rec.get(text_field) is None or rec.get(label_field) is None:
-            raise DataError(f"{source}, record {i + 1}: needs fields '{text_field}' and '{label_field}'")
+            raise DataError(f"{record_origin(rec, source, i)}: needs fields '{text_field}' and '{label_field}'")
         grouped.setdefault(str(rec[label_field]), []).append(str(rec[text_field]))
     by_label = {}
     for label in sorted(grouped):
@@ -150,13 +151,19 @@ def _setting(ways: int, shots: int) -> str:
 
 def run_meta(config: RunConfig, plugins: PluginManager | None = None) -> dict[str, Any]:
     """Meta-train, run the baselines, meta-test; returns (and writes) results.json."""
+    plan = preflight_meta(config, plugins)
+    with plan.plugins.blaming():
+        return _run_meta(plan)
+
+
+def _run_meta(plan: MetaPlan) -> dict[str, Any]:
     from transformers import AutoModel
 
     from tuneforge.distributed import Runtime
     from tuneforge.run import check_rank_consistency, setup_logging
     from tuneforge.tracking import Trackers
 
-    plan = preflight_meta(config, plugins)
+    config = plan.config
     meta = plan.meta
     runtime = Runtime(config)
     setup_logging(runtime.is_main)

@@ -12,13 +12,14 @@ reporter plugin on rank 0). Objective names:
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tuneforge.config import RunConfig
-from tuneforge.errors import ConfigError, TuneforgeError
+from tuneforge.errors import ConfigError, TuneforgeError, did_you_mean
 
 PLAIN = {
     "train_seconds": "minimize",
@@ -86,17 +87,33 @@ def resolve_objectives(config: RunConfig, task_cls: Any) -> list[Objective]:
     return out
 
 
-def check_objectives(objectives: list[Objective], config: RunConfig) -> None:
-    d = config.data
-    has_validation = bool(d.validation or d.validation_fraction or d.hf_dataset) and config.evaluation.strategy != "no"
+def check_objectives(objectives: list[Objective], config: RunConfig, task_cls: Any = None) -> None:
+    """Each objective must be a metric the trials will log: validation data that is evaluated
+    within the run's steps, test data, and a metric name the task (or an extra metric) produces."""
+    d, ev, t = config.data, config.evaluation, config.training
+    has_validation = bool(d.validation or d.validation_fraction or d.hf_dataset) and ev.strategy != "no"
+    names = [*getattr(task_cls, "metric_names", ()), *ev.extra_metrics]
     for o in objectives:
         if o.split == "validation" and not has_validation:
             raise ConfigError(
                 f"objective '{o.metric}' needs evaluation on validation data: set data.validation (or "
                 "data.validation_fraction) and evaluation.strategy epoch/steps"
             )
+        if (o.split == "validation" and ev.strategy == "steps" and t.max_steps is not None
+                and ev.every_n_steps is not None and ev.every_n_steps > t.max_steps):
+            raise ConfigError(
+                f"objective '{o.metric}': evaluation.every_n_steps={ev.every_n_steps} is more than "
+                f"training.max_steps={t.max_steps}, so no trial would ever evaluate; lower evaluation.every_n_steps"
+            )
         if o.split == "test" and not (d.test or d.hf_dataset):
             raise ConfigError(f"objective '{o.metric}' needs test data: set data.test")
+        if o.split in ("validation", "test") and task_cls is not None and task_cls.metric_names:
+            name = o.metric.partition(".")[2]
+            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in names):
+                raise ConfigError(
+                    f"objective '{o.metric}': task '{config.task.name}' does not produce '{name}'"
+                    f"{did_you_mean(name, names)}; it produces: {', '.join(names)}"
+                )
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -101,7 +101,7 @@ class StudyRunner:
         self.space = SearchSpace.from_config(self.search)
         self.space.check(self.base_raw, self.validate_trial_config)
         self.objectives: list[Objective] = resolve_objectives(self.config, plan.task_cls)
-        check_objectives(self.objectives, self.config)
+        check_objectives(self.objectives, self.config, plan.task_cls)
         self.seed = self.search.seed if self.search.seed is not None else self.config.training.seed
         strategy_cls = self.plugins.search_strategies.get(self.search.strategy)
         options = strategy_cls.parse_options(self.search.options, self.search.strategy)

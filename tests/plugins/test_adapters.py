@@ -95,10 +95,18 @@ def test_unknown_target_names_the_modules_that_exist(adapters, tiny_classificati
     assert "attention.self.query" in msg and "intermediate.dense" in msg and "classifier" in msg
 
 
-def test_unknown_target_is_caught_by_preflight_before_any_model_is_loaded(adapters, tiny_classification_config):
-    cfg = {**tiny_classification_config, "adapter": {"type": "dora", "target_modules": ["q_proj"]}}
-    with pytest.raises(ConfigError, match=r"\['q_proj'\] match no module of this BertModel.*attention.self.query"):
+def test_mistyped_target_is_caught_by_preflight_before_any_model_is_loaded(adapters, tiny_classification_config):
+    cfg = {**tiny_classification_config, "adapter": {"type": "dora", "target_modules": ["qury", "value"]}}
+    with pytest.raises(ConfigError, match=r"\['qury'\] match no module of this BertModel \(did you mean 'query'\?\)"):
         preflight(validate(cfg), check_output=False)
+    # the preflight skeleton has no task head: a head module is a valid target there ...
+    cfg["adapter"]["target_modules"] = ["query", "classifier"]
+    preflight(validate(cfg), check_output=False)
+    # ... and a name like nothing in the model is left to the check on the real model
+    cfg["adapter"]["target_modules"] = ["q_proj"]
+    preflight(validate(cfg), check_output=False)
+    with pytest.raises(ConfigError, match=r"\['q_proj'\] match no module of this BertForSequenceClassification"):
+        make_adapter(adapters, cfg, type="dora", target_modules=["q_proj"]).apply(tiny("bert", "cls"), None)
 
 
 def test_module_patterns_strip_layer_indices():

@@ -165,5 +165,10 @@ def test_objective_and_pruner_checks(search_config):
     with pytest.raises(ConfigError, match="PBT changes hyperparameters during training"):
         StudyRunner(search_config({"strategy": "pbt", "options": {"interval_steps": 10},
                                    "params": {"training.batch_size": {"type": "int", "low": 8, "high": 16}}}))
+    with pytest.raises(ConfigError, match=r"does not produce 'acuracy' \(did you mean 'accuracy'\?\)"):
+        StudyRunner(search_config({"params": lr, "objectives": [{"metric": "validation.acuracy",
+                                                                  "direction": "maximize"}]}))
+    with pytest.raises(ConfigError, match=r"every_n_steps=50 is more than training.max_steps=40, so no trial"):
+        StudyRunner(search_config({"params": lr}, evaluation={"every_n_steps": 50}))
     runner = StudyRunner(search_config({"params": lr}))
     assert [(o.metric, o.direction) for o in runner.objectives] == [("validation.accuracy", "maximize")]

@@ -23,7 +23,7 @@ import torch
 from pydantic import Field
 
 from tuneforge import hookimpl
-from tuneforge.data import require_fields
+from tuneforge.data import record_origin, require_fields
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.tasks import Task, TaskOptions
 
@@ -143,7 +143,7 @@ class RelationExtractionTask(Task):
         max_length = self.config.data.max_length
         features, cropped, lost = [], 0, 0
         for i, rec in enumerate(records):
-            where = f"{source}, record {i + 1}"
+            where = record_origin(rec, source, i)
             tokens = rec[o.tokens_field]
             if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
                 raise DataError(f"{where}: field '{o.tokens_field}' must be a list of strings")
