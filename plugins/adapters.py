@@ -145,10 +145,19 @@ def newly_initialized_modules(model: torch.nn.Module) -> list[str]:
     """Modules whose weights are not in the pretrained checkpoint ``model`` was loaded from.
 
     They are random: frozen, they would be lost from an adapter-only export (a reload
-    draws other random values), so they are trained and saved with the adapter.
+    draws other random values), so they are trained and saved with the adapter. A model
+    assembled from pretrained parts (an ``EncoderDecoderModel`` warm-started from two
+    encoders: its cross-attention is new) is inspected part by part.
     """
-    path = Path(str(getattr(model, "name_or_path", "") or ""))
-    keys = checkpoint_keys(path) if str(path) and path.is_dir() else None
+    name = str(getattr(model, "name_or_path", "") or "")
+    if not name:
+        from transformers import PreTrainedModel
+
+        return [f"{name}.{module}" for name, child in model.named_children()
+                if isinstance(child, PreTrainedModel) and getattr(child, "name_or_path", "")
+                for module in newly_initialized_modules(child)]
+    path = Path(name)
+    keys = checkpoint_keys(path) if path.is_dir() else None
     if not keys:
         return []
     prefix = getattr(model, "base_model_prefix", "")
@@ -161,7 +170,32 @@ def newly_initialized_modules(model: torch.nn.Module) -> list[str]:
     if sum(params[n].numel() for n in missing) > 0.5 * sum(p.numel() for p in params.values()):
         log.debug("checkpoint %s names its tensors differently; not looking for new weights", path)
         return []
-    return list(dict.fromkeys(n.rsplit(".", 1)[0] for n in missing))
+    return _new_ancestors(model, set(missing))
+
+
+def _new_ancestors(model: torch.nn.Module, new_params: set[str]) -> list[str]:
+    """The fewest modules covering ``new_params``: each the outermost module all of whose
+    parameters are new (a whole ``crossattention`` block, not its six layers), never one that
+    holds the (tied, pretrained) output embeddings."""
+    out_emb = output_embeddings(model)
+    found: list[str] = []
+
+    def visit(prefix: str, module: torch.nn.Module) -> None:
+        names = [f"{prefix}{n}" for n, _ in module.named_parameters()]
+        if not names or not any(n in new_params for n in names):
+            return
+        holds_embeddings = out_emb is not None and any(m is out_emb for m in module.modules())
+        if prefix and not holds_embeddings and all(n in new_params for n in names):
+            found.append(prefix.rstrip("."))
+            return
+        own = [f"{prefix}{n}" for n, _ in module.named_parameters(recurse=False) if f"{prefix}{n}" in new_params]
+        if own:  # e.g. an LM head's zero-initialised bias beside the tied embeddings: not worth a copy of them
+            log.debug("new parameters left frozen (their module holds pretrained weights): %s", ", ".join(own))
+        for name, child in module.named_children():
+            visit(f"{prefix}{name}.", child)
+
+    visit("", model)
+    return found
 
 
 def default_modules_to_save(model: torch.nn.Module) -> list[str]:

@@ -155,7 +155,7 @@ def test_wandb_offline_run_reads_back(tf_run, tiny_classification_config, monkey
     for step, value in logged.items():
         assert value == pytest.approx(jsonl[step]["loss"], rel=1e-6)
     assert any("test/accuracy" in row for row in history.values())
-    assert config_items["training"]["value"]["max_steps"] == 40
+    assert config_items["training"]["max_steps"] == 40
     assert summary["status"] == "completed" and summary["system.world_size"] == 1
 
 

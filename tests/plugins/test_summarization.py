@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from tuneforge.config import validate
 from tuneforge.errors import DataError
@@ -230,3 +230,27 @@ def test_tiny_bert2bert_run_learns_and_reports(tf_run, tiny_bert, tmp_path):
     assert isinstance(reloaded, EncoderDecoderModel)
     assert reloaded.generation_config.decoder_start_token_id == AutoTokenizer.from_pretrained(tiny_bert).cls_token_id
     assert not make_task(str(run_dir / "model")).warm_start
+
+
+def test_lora_on_a_warm_started_encoder_decoder_trains_and_saves_its_new_cross_attention(tf_run, tiny_bert, tmp_path):
+    """BERT2BERT's cross-attention is not in either checkpoint: LoRA must train it fully and save it
+    with the adapter, or a reload of base + adapter draws other random weights."""
+    from tuneforge.inference import compute_metrics, infer, load
+
+    config = yaml.safe_load((CONFIGS / "summarization-tiny.yaml").read_text())
+    config["model"]["name_or_path"] = tiny_bert
+    config["data"].update(write_data(tmp_path))
+    config["output"]["dir"] = str(tmp_path / "run")
+    config["adapter"] = {"type": "lora", "r": 4}
+    results, run_dir = tf_run(config)
+    saved = json.loads((run_dir / "model" / "adapter_config.json").read_text())["modules_to_save"]
+    layers = AutoConfig.from_pretrained(tiny_bert).num_hidden_layers
+    assert sorted(m for m in saved if m.endswith("crossattention")) == sorted(
+        f"decoder.bert.encoder.layer.{i}.crossattention" for i in range(layers))
+    assert not any("embeddings" in m for m in saved)
+    params = json.loads((run_dir / "params.json").read_text())["parameters"]
+    assert 0.0 < params["trainable_fraction"] < 0.5
+    trained = load(run=run_dir)  # base model + the adapter saved in run/model
+    records = trained.task.read(config["data"]["test"], "test")[:16]
+    features, outputs = infer(trained, records, "test")
+    assert compute_metrics(trained, outputs, "test", features)["loss"] == pytest.approx(results["test"]["loss"], rel=1e-5)
