@@ -153,8 +153,8 @@ def newly_initialized_modules(model: torch.nn.Module) -> list[str]:
     if not name:
         from transformers import PreTrainedModel
 
-        return [f"{name}.{module}" for name, child in model.named_children()
-                if isinstance(child, PreTrainedModel) and getattr(child, "name_or_path", "")
+        return [f"{part}.{module}" for part, child in model.named_children()
+                if isinstance(child, PreTrainedModel) and child.name_or_path
                 for module in newly_initialized_modules(child)]
     path = Path(name)
     keys = checkpoint_keys(path) if path.is_dir() else None
