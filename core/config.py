@@ -359,6 +359,14 @@ class SearchWarmStart(Section):
         default_factory=list, description="Earlier study directories (or storage URLs#study) to take best trials from."
     )
     top_k: int = Field(3, ge=1, description="Best trials taken from each earlier study.")
+    similar_tasks: list[str] = Field(
+        default_factory=list,
+        description="Where to look for studies of similar tasks (meta-learning of the recipe): study directories, "
+        "directories holding study directories (every */study.db), or storage URLs. The best trials of the most "
+        "similar ones (same task plugin; label overlap, training size, same model) are run first.",
+    )
+    max_similar_studies: int = Field(3, ge=1, description="Most similar studies taken trials from.")
+    min_similarity: float = Field(0.3, ge=0, le=1, description="Similarity below which a study is not used.")
 
 
 class SearchConfig(Section):

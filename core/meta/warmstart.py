@@ -72,17 +72,18 @@ def similar_studies(storage: Any, metadata: dict[str, Any], *, exclude: str | No
     return sorted(found, key=lambda x: (-x[1], x[0]))
 
 
-def warm_start_from_similar(study: Any, storage: Any, metadata: dict[str, Any], params: Sequence[str], *,
-                            top_k: int = 2, max_studies: int = 3, min_similarity: float = 0.3) -> list[dict[str, Any]]:
-    """Enqueue in ``study`` the ``top_k`` best complete trials of each of the ``max_studies``
-    most similar studies, restricted to the parameter names ``params``; returns what was queued."""
+def best_of_similar(storage: Any, metadata: dict[str, Any], params: Sequence[str], *, exclude: str | None = None,
+                    top_k: int = 2, max_studies: int = 3, min_similarity: float = 0.3
+                    ) -> list[tuple[dict[str, Any], str, float]]:
+    """``(params, study name, similarity)`` of the ``top_k`` best complete trials of each of the
+    ``max_studies`` most similar single-objective studies in ``storage``, restricted to the
+    parameter names ``params``, most similar study first, without repeats."""
     import optuna
     from optuna.trial import TrialState
 
-    queued: list[dict[str, Any]] = []
+    found: list[tuple[dict[str, Any], str, float]] = []
     seen: set[tuple[tuple[str, Any], ...]] = set()
-    for name, score in similar_studies(storage, metadata, exclude=study.study_name,
-                                       min_similarity=min_similarity)[:max_studies]:
+    for name, score in similar_studies(storage, metadata, exclude=exclude, min_similarity=min_similarity)[:max_studies]:
         source = optuna.load_study(study_name=name, storage=storage)
         if len(source.directions) != 1:
             continue
@@ -94,6 +95,17 @@ def warm_start_from_similar(study: Any, storage: Any, metadata: dict[str, Any], 
             if not chosen or key in seen:
                 continue
             seen.add(key)
-            study.enqueue_trial(chosen, user_attrs={"warm_start_from": name, "task_similarity": round(score, 3)})
-            queued.append(chosen)
+            found.append((chosen, name, score))
+    return found
+
+
+def warm_start_from_similar(study: Any, storage: Any, metadata: dict[str, Any], params: Sequence[str], *,
+                            top_k: int = 2, max_studies: int = 3, min_similarity: float = 0.3) -> list[dict[str, Any]]:
+    """Enqueue in ``study`` the ``top_k`` best complete trials of each of the ``max_studies``
+    most similar studies, restricted to the parameter names ``params``; returns what was queued."""
+    queued = []
+    for chosen, name, score in best_of_similar(storage, metadata, params, exclude=study.study_name, top_k=top_k,
+                                               max_studies=max_studies, min_similarity=min_similarity):
+        study.enqueue_trial(chosen, user_attrs={"warm_start_from": name, "task_similarity": round(score, 3)})
+        queued.append(chosen)
     return queued

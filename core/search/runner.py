@@ -23,6 +23,7 @@ from typing import Any
 
 from tuneforge.config import RunConfig, apply_overrides, read_yaml, resolve_paths, validate
 from tuneforge.errors import ConfigError, TuneforgeError
+from tuneforge.meta.warmstart import best_of_similar, record_task_metadata, task_metadata
 from tuneforge.plugin_manager import PluginManager
 from tuneforge.search.launcher import TrialProcess, trial_command
 from tuneforge.search.objective import (
@@ -116,6 +117,8 @@ class StudyRunner:
             if self.objectives[0].split != "validation":
                 raise ConfigError(f"pruning reads intermediate validation metrics; objective "
                                   f"'{self.objectives[0].metric}' is not one (use validation.<metric>)")
+        train = self.config.data.train
+        self.task_metadata = task_metadata(self.config, plan.make_task().read(train, "train") if train else [])
         self.study_dir = Path(self.search.dir).resolve()
         self.storage_url = storage or self.search.storage or default_storage_url(self.study_dir)
         self.study_name = self.search.study_name or self.study_dir.name
@@ -165,6 +168,7 @@ class StudyRunner:
             "objectives": [[o.metric, o.direction] for o in self.objectives],
             "params": self.space.keys, "strategy": self.search.strategy,
         })
+        record_task_metadata(study, self.task_metadata)  # lets later studies of similar tasks start from ours
         self.study = study
         return study
 
@@ -190,15 +194,46 @@ class StudyRunner:
             candidates.append(dict(params))
         for ref in ws.studies:
             candidates += best_params_of(ref, ws.top_k, self.space.keys)
-        done = {json.dumps(t.params, sort_keys=True) for t in self.study.get_trials(deepcopy=False)}
+        sources: dict[str, dict[str, Any]] = {}
+        for where in ws.similar_tasks:
+            for params, name, score in self.similar_task_trials(where):
+                candidates.append(params)
+                sources.setdefault(json.dumps(params, sort_keys=True),
+                                   {"warm_start_from": f"{where}#{name}", "task_similarity": round(score, 3)})
+        done = {json.dumps(t.params or t.system_attrs.get("fixed_params", {}), sort_keys=True)  # waiting: fixed_params
+                for t in self.study.get_trials(deepcopy=False)}
         n = 0
         for params in candidates:
+            key = json.dumps(params, sort_keys=True)
             params = {k: self.space[k].clip(v) for k, v in params.items() if k in self.space.keys}
             if json.dumps(params, sort_keys=True) in done:
                 continue
-            self.study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
+            done.add(json.dumps(params, sort_keys=True))
+            attrs = {"warm_start": True, **sources.get(key, {})}
+            self.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
             n += 1
         return n
+
+    def similar_task_trials(self, where: str) -> list[tuple[dict[str, Any], str, float]]:
+        """Best trials of the studies at ``where`` (a study directory, a directory of study
+        directories, or a storage URL) that tuned tasks similar to this one."""
+        ws = self.search.warm_start
+        if "://" in where:
+            urls = [where]
+        else:
+            root = Path(where).resolve()
+            dbs = [root / "study.db"] if (root / "study.db").is_file() else sorted(root.glob("*/study.db"))
+            if not root.is_dir():
+                raise ConfigError(f"search.warm_start.similar_tasks: '{where}' is not a directory or storage URL")
+            urls = [default_storage_url(db.parent) for db in dbs if db.parent != self.study_dir]
+        found: list[tuple[dict[str, Any], str, float]] = []
+        for url in urls:
+            exclude = self.study_name if url == self.storage_url else None
+            found += best_of_similar(open_storage(url, heartbeat_seconds=None), self.task_metadata, self.space.keys,
+                                     exclude=exclude, top_k=ws.top_k, max_studies=ws.max_similar_studies,
+                                     min_similarity=ws.min_similarity)
+        found.sort(key=lambda x: -x[2])
+        return found
 
     def budget_used(self) -> int:
         from optuna.trial import TrialState

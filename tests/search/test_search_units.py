@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tuneforge.config import validate
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.search.launcher import last_error_line
 from tuneforge.search.objective import Objective, objective_value
 from tuneforge.search.storage import fail_stale_trials, open_storage, retried_numbers
@@ -105,3 +105,40 @@ def test_warm_start_takes_the_best_trials_of_an_earlier_study(tmp_path):
         best_params_of(f"{url}#nope", 1, ["training.lr"])
     with pytest.raises(ConfigError, match=r"has no study\.db"):
         best_params_of(str(tmp_path / "missing"), 1, ["training.lr"])
+
+
+def test_a_new_study_starts_from_the_best_trials_of_studies_on_similar_tasks(search_config, tmp_path,
+                                                                              tiny_classification_data):
+    """Studies record what task they tuned; a new one on a similar task runs their best parameters first."""
+    from tuneforge.meta.warmstart import ATTR
+    from tuneforge.search.runner import StudyRunner
+    from tuneforge.search.storage import default_storage_url
+
+    lr = {"training.lr": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}}
+    first = StudyRunner(search_config({"params": lr, "dir": str(tmp_path / "studies" / "sentiment-a")}, name="a.yaml"))
+    study = first.open_study(None)
+    metadata = study.user_attrs[ATTR]
+    assert metadata["task"] == "classification" and metadata["labels"] == ["neg", "pos"] and metadata["n_train"] > 0
+    dist = {"training.lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)}
+    for value, acc in ((1e-2, 0.6), (3e-4, 0.95), (1e-3, 0.9)):
+        study.add_trial(optuna.trial.create_trial(params={"training.lr": value}, distributions=dist, value=acc))
+    # an unrelated study in the same place: another task plugin, never used
+    (tmp_path / "studies" / "ner").mkdir()
+    other = optuna.create_study(storage=default_storage_url(tmp_path / "studies" / "ner"), study_name="ner",
+                                direction="maximize")
+    other.set_user_attr(ATTR, {**metadata, "task": "ner"})
+    other.add_trial(optuna.trial.create_trial(params={"training.lr": 5e-5}, distributions=dist, value=0.99))
+
+    ws = {"similar_tasks": [str(tmp_path / "studies")], "top_k": 2}
+    second = StudyRunner(search_config({"params": lr, "dir": str(tmp_path / "new"), "warm_start": ws}, name="b.yaml"))
+    second.open_study(None)
+    assert second.warm_start() == 2
+    waiting = second.study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"]["training.lr"] for t in waiting] == [3e-4, 1e-3]
+    assert waiting[0].user_attrs["warm_start_from"].endswith("#sentiment-a")
+    assert waiting[0].user_attrs["task_similarity"] == pytest.approx(1.0)
+    assert second.warm_start() == 0  # already queued: not again
+    with pytest.raises(ConfigError, match="is not a directory or storage URL"):
+        StudyRunner(search_config({"params": lr, "dir": str(tmp_path / "x"),
+                                   "warm_start": {"similar_tasks": [str(tmp_path / "nope")]}}, name="c.yaml")
+                    ).similar_task_trials(str(tmp_path / "nope"))
