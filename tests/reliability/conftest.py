@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,3 +23,14 @@ def fault_config(tiny_bert: str, tiny_classification_data: dict[str, str], tmp_p
         "output": {"dir": str(tmp_path / "run"), "save_every_n_steps": 5, "keep_last": 2, "export": False},
         "plugins": ["fault_plugins"],
     }
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print how many malformed inputs the property-based tests generated (also in CI logs)."""
+    module = sys.modules.get("test_bad_inputs")
+    cases = (len(getattr(module, "CONFIG_CASES", [])), len(getattr(module, "DATA_CASES", []))) if module else (0, 0)
+    if any(cases):
+        terminalreporter.write_line(
+            f"tuneforge bad-input cases tried: {cases[0]} config/override/file, {cases[1]} data files; "
+            "each ended in a one-line user error"
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import json
 import string
 from pathlib import Path
 from typing import Any
@@ -290,6 +291,63 @@ def test_malformed_data_files(base_config: dict[str, Any], workdir: Path, case: 
     assert_user_error(*run_cli(["train", "--config", str(write_yaml(workdir, raw))]), case)
 
 
+@st.composite
+def bad_task_data(draw: st.DrawFn) -> tuple[str, str, bytes]:
+    """Malformed files of the other built-in tasks: (task, suffix, content)."""
+    task = draw(st.sampled_from(("ner", "qa", "summarization")))
+    if task == "ner":
+        kind = draw(st.sampled_from(("bad_prefix", "one_column", "mixed", "bad_jsonl")))
+        good = "EU B-ORG\nrejects O\nGerman B-MISC\n\n"
+        if kind == "bad_prefix":
+            tag = draw(st.sampled_from(("X-PER", "B_PER", "PER-B", "b-per", "B-")))
+            return task, "conll", (good + f"Peter {tag}\nsaid O\n").encode()
+        if kind == "one_column":
+            return task, "conll", (good + draw(name_text) + "\n").encode()
+        if kind == "mixed":  # E-/S- (BIOES) in a file declared iob2 is checked below via tag_scheme
+            return task, "conll-iob2", (good + "Peter S-PER\nsaid O\n").encode()
+        n = draw(st.integers(0, 2))
+        return task, "jsonl", (json.dumps({"tokens": ["a", "b", "c"], "tags": ["O"] * n}) + "\n").encode()
+    if task == "qa":
+        kind = draw(st.sampled_from(("no_data", "no_question", "bad_start", "not_json")))
+        qa = {"id": "q1", "question": "who?", "answers": [{"text": "Ann", "answer_start": 0}]}
+        if kind == "no_data":
+            return task, "json", json.dumps({"version": "1.1"}).encode()
+        if kind == "no_question":
+            del qa["question"]
+        if kind == "bad_start":
+            qa["answers"] = [{"text": "Ann", "answer_start": draw(st.sampled_from(("zero", None, -5, 10_000)))}]
+        if kind == "not_json":
+            return task, "json", b'{"data": [' + draw(st.binary(max_size=20)).replace(b"]", b"")
+        doc = {"data": [{"title": "t", "paragraphs": [{"context": "Ann met Bob.", "qas": [qa]}]}]}
+        return task, "json", json.dumps(doc).encode()
+    kind = draw(st.sampled_from(("no_source", "empty_refs", "non_string", "empty_source")))
+    record = {"source": ["a first sentence .", "a second one ."], "target": ["a summary"]}
+    if kind == "no_source":
+        del record["source"]
+    elif kind == "empty_refs":
+        record["target"] = []
+    elif kind == "non_string":
+        record["target"] = [draw(st.one_of(st.integers(), st.none(), st.lists(st.integers(), max_size=2)))]
+    else:
+        record["source"] = draw(st.sampled_from(("", [], "   ")))
+    good = json.dumps({"source": "this is fine .", "target": "fine"})
+    return task, "jsonl", (good + "\n" + json.dumps(record) + "\n").encode()
+
+
+@settings(SETTINGS, max_examples=30)
+@given(bad_task_data())
+def test_malformed_data_of_every_task(base_config: dict[str, Any], workdir: Path, case: tuple[str, str, bytes]) -> None:
+    DATA_CASES.append(case)
+    task, suffix, content = case
+    i = next(_counter)
+    raw = put(base_config, "output", "dir", str(workdir / f"task-run-{i}"))
+    path = workdir / f"task-data-{i}.{suffix.split('-')[0]}"
+    path.write_bytes(content)
+    raw["task"] = {"name": task, **({"tag_scheme": "iob2"} if suffix == "conll-iob2" else {})}
+    raw["data"] = {"train": str(path), "max_length": 32}
+    assert_user_error(*run_cli(["train", "--config", str(write_yaml(workdir, raw))]), case)
+
+
 def test_missing_model_directory_is_a_user_error(base_config: dict[str, Any], workdir: Path) -> None:
     raw = put(base_config, "model", "name_or_path", str(workdir / "no-such-model"))
     DATA_CASES.append("missing model dir")
@@ -302,4 +360,4 @@ def test_report_case_counts(record_property: Any) -> None:
     record_property("data_cases", len(DATA_CASES))
     print(f"\nbad-input cases tried: {len(CONFIG_CASES)} config/override/file, {len(DATA_CASES)} data")
     if CONFIG_CASES:  # only meaningful when the whole module ran
-        assert len(CONFIG_CASES) >= 450 and len(DATA_CASES) >= 35
+        assert len(CONFIG_CASES) >= 450 and len(DATA_CASES) >= 65
