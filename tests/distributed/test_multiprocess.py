@@ -204,6 +204,7 @@ def test_zero_equals_one_process_with_double_batch(stage: int, zero_runs: Any, r
     assert {p["kind"] for p in seen.values()} == {"DEEPSPEED"}
     expected = "DeepSpeedZeroOptimizer_Stage3" if stage == 3 else "DeepSpeedZeroOptimizer"
     assert {p["optimizer"] for p in seen.values()} == {expected}
+    assert {p["offload_optimizer"] for p in seen.values()} == {False}
     if stage < 3:
         assert seen[0]["params_sha256"] == seen[1]["params_sha256"]
     assert_eval_counted_once(run_dir, reference_run)
@@ -212,6 +213,26 @@ def test_zero_equals_one_process_with_double_batch(stage: int, zero_runs: Any, r
         f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)
     ]
     if stage == 3:  # export gathered the partitioned weights on rank 0
+        assert_same_weights(run_dir / "model", reference_run / "model")
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_with_cpu_offload_equals_one_process(stage: int, mp_config: dict[str, Any], reference_run: Path,
+                                                  tmp_path: Path) -> None:
+    """ZeRO-Offload (stage 2: optimizer) and ZeRO-Infinity-style offload (stage 3: optimizer and
+    parameters) really run in DeepSpeed's optimizer and train the same as one process."""
+    run_dir = tmp_path / "run"
+    distributed = {"strategy": "deepspeed", "zero_stage": stage, "offload_optimizer": True,
+                   "offload_params": stage == 3}
+    path = make_config(mp_config, run_dir, distributed=distributed, output={"export": stage == 3})
+    check(run(torchrun(2, *train_args(path))))
+    assert_same_losses(run_dir, reference_run)
+    seen = assert_rank0_only_writes(run_dir)
+    expected = "DeepSpeedZeroOptimizer_Stage3" if stage == 3 else "DeepSpeedZeroOptimizer"
+    assert {p["optimizer"] for p in seen.values()} == {expected}
+    assert {p["offload_optimizer"] for p in seen.values()} == {True}
+    assert {p["offload_params"] for p in seen.values()} == {stage == 3}
+    if stage == 3:
         assert_same_weights(run_dir / "model", reference_run / "model")
 
 

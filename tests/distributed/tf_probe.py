@@ -17,6 +17,9 @@ def tf_on_fit_start(run: Any) -> None:
     opt = run.optimizer
     inner = getattr(opt, "optimizer", opt)
     _seen.update(kind=run.runtime.kind, optimizer=type(inner).__name__, trackers=len(run.trackers.trackers))
+    # what the ZeRO optimizer itself says it offloads (stage 3: optimizer/params; stage 1/2: cpu_offload)
+    _seen.update(offload_optimizer=bool(getattr(inner, "offload_optimizer", getattr(inner, "cpu_offload", False))),
+                 offload_params=bool(getattr(inner, "offload_param", False)))
 
 
 @hookimpl
