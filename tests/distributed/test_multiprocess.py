@@ -157,6 +157,20 @@ def test_ddp_resumes_at_a_different_world_size(ddp_run: Path, reference_run: Pat
     assert_same_weights(run_dir / "model", reference_run / "model")
 
 
+@pytest.mark.parametrize("accelerate_config", ["ddp.yaml", "deepspeed_zero3.yaml"])
+def test_accelerate_launch_trains_like_one_process(accelerate_config: str, mp_config: dict[str, Any],
+                                                  reference_run: Path, tmp_path: Path) -> None:
+    """The documented entry point: `accelerate launch --config_file launch/accelerate/X launch/run.py
+    --config run.yaml`, a whole run (the strategy comes from the accelerate config)."""
+    run_dir = tmp_path / "run"
+    path = make_config(mp_config, run_dir, distributed={"strategy": "auto"}, output={"export": False})
+    check(run(accelerate_launch(REPO / "launch" / "accelerate" / accelerate_config, *train_args(path))))
+    assert_same_losses(run_dir, reference_run)
+    seen = assert_rank0_only_writes(run_dir)
+    assert {p["kind"] for p in seen.values()} == ({"DEEPSPEED"} if "deepspeed" in accelerate_config else {"MULTI_CPU"})
+    assert_eval_counted_once(run_dir, reference_run)
+
+
 def test_multi_node_on_one_machine_equals_one_node(mp_config: dict[str, Any], reference_run: Path,
                                                     tmp_path: Path) -> None:
     """Two torchrun "nodes" of one process each, c10d rendezvous on 127.0.0.1."""
