@@ -1,6 +1,6 @@
 """LoRA vs full fine-tuning, measured side by side in one run; prints ONE JSON line.
 
-For MiniLM-L6 (sequence classification) and a small random GPT-2 (causal LM), each in its
+For MiniLM-L6 (sequence classification) and GPT-2 small (124M, random weights; causal LM), each in its
 own subprocess per mode so peak memory is that mode's alone:
 
 * trainable parameter fraction with LoRA (goal <= 1%)
@@ -60,8 +60,8 @@ def build(kind: str) -> Any:
     torch.manual_seed(0)
     if kind == "minilm":
         return AutoModelForSequenceClassification.from_pretrained(resolve_pretrained(MINILM), num_labels=2)
-    # a small GPT-2 (random weights; ~30M parameters): the causal-LM case
-    config = GPT2Config(vocab_size=16384, n_embd=512, n_layer=8, n_head=8, n_positions=256)
+    # GPT-2 small's architecture (124M parameters; random weights, nothing to download): the causal-LM case
+    config = GPT2Config(vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_positions=1024)
     return GPT2LMHeadModel(config)
 
 
@@ -92,7 +92,7 @@ def worker(kind: str, mode: str, steps: int, batch: int, seq: int, r: int) -> di
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     g = torch.Generator().manual_seed(0)
-    vocab = 30522 if kind == "minilm" else 16384
+    vocab = 30522 if kind == "minilm" else 50257
     ids = torch.randint(1000, vocab, (batch, seq), generator=g)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     inputs["labels"] = torch.randint(0, 2, (batch,), generator=g) if kind == "minilm" else ids

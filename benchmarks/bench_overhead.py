@@ -192,7 +192,8 @@ def run_tuneforge(steps: int, batch_size: int) -> dict[str, Any]:
             "data": {"train": str(DATA), "max_length": HP["max_length"], "max_train_samples": steps * batch_size},
             "training": {"max_steps": steps, "batch_size": batch_size, "lr": HP["lr"], "seed": HP["seed"],
                          "weight_decay": HP["weight_decay"], "warmup_steps": HP["warmup_steps"],
-                         "max_grad_norm": HP["max_grad_norm"], "scheduler": "linear", "log_every_n_steps": 1000},
+                         "max_grad_norm": HP["max_grad_norm"], "scheduler": "linear",
+                         "log_every_n_steps": 1},  # a metrics.jsonl line per step, as the Trainer logs every step
             "evaluation": {"strategy": "no"},
             "output": {"dir": str(Path(tmp) / "run"), "export": False, "save_best": False},
         })
