@@ -137,16 +137,25 @@ class CheckpointManager:
                 shutil.rmtree(tmp)
             tmp.mkdir()
         barrier()
-        if not final.exists():
-            write_state(tmp)
-        barrier()
-        if self.is_main:
-            if final.exists():  # this step was already saved (e.g. periodic + best)
-                shutil.rmtree(tmp)
-            else:
-                write_json_atomic(tmp / STATE, state)
-                write_manifest(tmp)
-                os.replace(tmp, final)
+        try:
+            if not final.exists():
+                write_state(tmp)
+            barrier()
+            if self.is_main:
+                if final.exists():  # this step was already saved (e.g. periodic + best)
+                    shutil.rmtree(tmp)
+                else:
+                    write_json_atomic(tmp / STATE, state)
+                    write_manifest(tmp)
+                    os.replace(tmp, final)
+        except OSError as exc:  # disk full, quota, permissions: the half-written copy must not linger
+            shutil.rmtree(tmp, ignore_errors=True)
+            previous = self.complete()
+            kept = f"the last complete checkpoint, {previous[-1]}, is intact" if previous else "no earlier checkpoint"
+            raise CheckpointError(
+                f"could not write checkpoint {final} ({exc.strerror or exc}); {kept}. Free disk space (or fix the "
+                "directory's permissions) and continue with resume=auto"
+            ) from exc
             if is_best:
                 pointer = self.root / "best"
                 tmp_pointer = self.root / ".best.tmp"

@@ -106,3 +106,40 @@ def test_checkpoint_that_passes_checksums_but_does_not_load_is_a_checkpoint_erro
     cfg["output"] = {**cfg["output"], "dir": str(other), "export": False}
     with pytest.raises(CheckpointError, match="could not be loaded"):
         tf_run(cfg, overrides=["resume=auto"])
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resume_continues(
+        tf_run, trained, tiny_classification_config: dict[str, Any], tmp_path: Path, monkeypatch) -> None:
+    """ENOSPC while writing the step-10 checkpoint: a one-line CheckpointError naming the intact
+    step-5 checkpoint, no half-written directory left, and resume=auto reproduces the losses."""
+    import errno
+
+    import tuneforge.checkpoint as checkpoint
+
+    _, reference = trained
+    calls = {"n": 0}
+    real_manifest = checkpoint.write_manifest
+
+    def full_disk_on_second(directory: Path) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_manifest(directory)
+
+    monkeypatch.setattr(checkpoint, "write_manifest", full_disk_on_second)
+    cfg = {**tiny_classification_config, "evaluation": {"strategy": "no"},
+           "training": {**tiny_classification_config["training"], "max_steps": 15}}
+    cfg["output"] = {"dir": str(tmp_path / "disk-full"), "save_every_n_steps": 5, "keep_last": 3, "export": False}
+    with pytest.raises(CheckpointError, match=r"step-00000010 \(No space left on device\); the last complete "
+                                              r"checkpoint, .*step-00000005, is intact"):
+        tf_run(cfg)
+    ckpts = tmp_path / "disk-full" / "checkpoints"
+    assert [p.name for p in CheckpointManager(tmp_path / "disk-full").complete()] == ["step-00000005"]
+    assert not list(ckpts.glob(".tmp-*"))
+    monkeypatch.setattr(checkpoint, "write_manifest", real_manifest)
+    tf_run({**cfg, "resume": "auto"})
+    losses = {x["step"]: x["loss"] for x in map(json.loads, (tmp_path / "disk-full" / "metrics.jsonl").read_text().splitlines())
+              if x["split"] == "train"}
+    assert sorted(losses) == list(range(1, 16))
+    for step in range(6, 16):
+        assert losses[step] == pytest.approx(reference[step], abs=1e-6)
