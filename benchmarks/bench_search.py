@@ -78,7 +78,10 @@ def write_config(work: Path, model: str, name: str, seed: int, args: argparse.Na
         "search": {
             "strategy": "tpe" if tpe else "random",
             "options": {"n_startup_trials": 3} if tpe else {},
-            "n_trials": args.trials, "seed": seed, "dir": str(work / f"{name}-seed{seed}"),
+            # independent sampler seeds: with one seed, TPE's random start-up trials would repeat random
+            # search's first trials exactly and a best found among them would be "reached" at equal cost
+            "n_trials": args.trials, "seed": seed + (1000 if tpe else 0), "workers": args.workers,
+            "dir": str(work / f"{name}-seed{seed}"),
             "pruner": {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 0} if tpe else {"type": "none"},
             # one intra-op thread per trial: a tiny model on a shared CPU is fastest that way
             "trial": {"env": {"OMP_NUM_THREADS": "1"}},
@@ -132,6 +135,7 @@ def main() -> int:
     p.add_argument("--lr-low", type=float, default=1e-6)
     p.add_argument("--lr-high", type=float, default=1e-3)
     p.add_argument("--work", default=None, help="keep studies here (default: a temp dir)")
+    p.add_argument("--workers", type=int, default=1, help="trials at once per study (search.workers)")
     args = p.parse_args()
     if args.data == "sst2" and not (SST2 / "train.tsv").is_file():
         print(json.dumps({"skipped": f"{SST2} is absent"}))
@@ -154,6 +158,7 @@ def main() -> int:
             "random_steps_to_best": random_steps, "tpe_steps_to_random_best": tpe_steps,
             "reached": tpe_steps is not None,
             "steps_ratio": round(tpe_steps / random_steps, 3) if tpe_steps is not None and random_steps else None,
+            "total_steps_ratio": round(sum(t["steps"] for t in res["tpe"]) / sum(t["steps"] for t in res["random"]), 3),
             "random_total_steps": sum(t["steps"] for t in res["random"]),
             "tpe_total_steps": sum(t["steps"] for t in res["tpe"]),
             "tpe_pruned": sum(t["state"] == "PRUNED" for t in res["tpe"]),
@@ -169,6 +174,9 @@ def main() -> int:
         "trials_per_study": args.trials, "steps_per_trial": args.steps, "seeds": args.seeds,
         "steps_ratio_per_seed": [s["steps_ratio"] for s in per_seed],
         "steps_ratio_median": statistics.median(ratios) if ratios else None,
+        "total_steps_ratio_per_seed": [s["total_steps_ratio"] for s in per_seed],
+        "best_dev_accuracy": {"random": [s["random_best"] for s in per_seed], "tpe": [s["tpe_best"] for s in per_seed]},
+        "workers": args.workers,
         "seeds_reached": sum(s["reached"] for s in per_seed),
         "goal_steps_ratio": 0.5,
         "launch_overhead_s": round(overhead, 2) if overhead is not None else None,
