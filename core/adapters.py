@@ -44,6 +44,11 @@ class Adapter(ABC):
     def preflight(self) -> None:  # noqa: B027 - optional hook
         """Check requirements (packages, GPU) before any heavy work; raise ConfigError."""
 
+    def model_kwargs(self) -> dict[str, Any]:
+        """Extra ``from_pretrained`` keyword arguments for the base model the task builds, e.g.
+        QLoRA's ``quantization_config``: the model is loaded that way once, never at full precision first."""
+        return {}
+
     @abstractmethod
     def apply(self, model: torch.nn.Module, task: Task) -> torch.nn.Module:
         """Return ``model`` with the adapter inserted and only adapter (+head) params trainable."""

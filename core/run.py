@@ -292,11 +292,14 @@ def _train(plan: Plan) -> dict[str, Any]:
     if runtime.is_main:
         task.save_state(run_dir)
     features = {split: task.encode(recs, tokenizer, split) for split, recs in records.items()}
+    adapter = plan.adapter_cls(plan.adapter_options, config) if plan.adapter_cls is not None else None
+    if adapter is not None:
+        task.extra_model_kwargs.update(adapter.model_kwargs())
     model = task.build_model(tokenizer)
     if config.distributed.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable()
-    if plan.adapter_cls is not None:
-        model = plan.adapter_cls(plan.adapter_options, config).apply(model, task)
+    if adapter is not None:
+        model = adapter.apply(model, task)
     log.info(describe_parameters(model))
 
     t = config.training

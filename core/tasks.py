@@ -67,6 +67,8 @@ class Task(ABC):
     def __init__(self, options: BaseModel, config: RunConfig) -> None:
         self.options = options
         self.config = config
+        #: ``from_pretrained`` arguments the run's adapter asks for (``Adapter.model_kwargs``).
+        self.extra_model_kwargs: dict[str, Any] = {}
 
     @classmethod
     def parse_options(cls, raw: dict[str, Any], source: str = "config") -> BaseModel:
@@ -120,6 +122,7 @@ class Task(ABC):
         if m.dtype != "float32":
             kwargs["dtype"] = m.dtype if m.dtype == "auto" else getattr(torch, m.dtype)
         kwargs.update(m.config_overrides)
+        kwargs.update(self.extra_model_kwargs)
         return kwargs
 
     @abstractmethod

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 from abc import abstractmethod
 from pathlib import Path
@@ -402,12 +403,18 @@ class QLoraOptions(LoraOptions):
     )
 
 
+#: Task heads (randomly initialised, trained fully) and output layers kept out of quantisation.
+QLORA_SKIP_MODULES = ["classifier", "score", "qa_outputs", "pooler", "lm_head"]
+
+
 class QLoraAdapter(LoraAdapter):
     """LoRA on a base model whose frozen weights are quantised to 4 or 8 bits (needs bitsandbytes + CUDA).
 
-    The task builds its model as usual; ``apply`` reloads the same architecture and config
-    quantised straight onto this process's GPU, so the GPU never holds full-precision base
-    weights. Saved adapters load onto a full-precision base (``load``), e.g. for merging.
+    ``model_kwargs`` makes the task load its base model quantised straight onto this
+    process's GPU (``quantization_config``, ``device_map``), so neither the CPU nor the GPU
+    ever holds the full-precision base weights; the task head and output layer stay in full
+    precision. ``apply`` prepares the model for k-bit training and inserts LoRA. Saved
+    adapters load onto a full-precision base (``load``), e.g. for merging.
     """
 
     name = "qlora"
@@ -439,24 +446,26 @@ class QLoraAdapter(LoraAdapter):
             bnb_4bit_compute_dtype=getattr(torch, o.compute_dtype), llm_int8_skip_modules=skip,
         )
 
+    def model_kwargs(self) -> dict[str, Any]:
+        skip = list(dict.fromkeys([*(self.options.modules_to_save or []), *QLORA_SKIP_MODULES]))
+        return {
+            "quantization_config": self.quantization_config(skip),
+            "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))},  # this rank's GPU
+            "dtype": getattr(torch, self.options.compute_dtype),
+        }
+
     def apply(self, model: torch.nn.Module, task: Any) -> torch.nn.Module:
         from peft import prepare_model_for_kbit_training
 
-        o = self.options
-        heads = o.modules_to_save if o.modules_to_save is not None else default_modules_to_save(model)
-        out_emb = output_embeddings(model)
-        skip = list(heads) + [n for n, m in model.named_modules() if out_emb is not None and m is out_emb]
-        m = self.config.model
-        quantized = type(model).from_pretrained(  # type: ignore[attr-defined]
-            task.model_path(), config=model.config, quantization_config=self.quantization_config(skip),
-            device_map={"": torch.cuda.current_device()}, dtype=getattr(torch, self.options.compute_dtype),
-            revision=m.revision, trust_remote_code=m.trust_remote_code,
+        if getattr(model, "hf_quantizer", None) is None:  # from_pretrained(quantization_config=...) sets it
+            raise ConfigError(
+                f"adapter 'qlora': task '{self.config.task.name}' built its model without the adapter's "
+                "quantization_config (its build_model must pass self.pretrained_kwargs() to from_pretrained)"
+            )
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=self.config.distributed.gradient_checkpointing
         )
-        del model
-        quantized = prepare_model_for_kbit_training(
-            quantized, use_gradient_checkpointing=self.config.distributed.gradient_checkpointing
-        )
-        return super().apply(quantized, task)
+        return super().apply(model, task)
 
 
 class PeftPassthroughOptions(AdapterOptions):

@@ -188,6 +188,8 @@ def _run_meta(plan: MetaPlan) -> dict[str, Any]:
     task = plan.main_task
     tokenizer = task.load_tokenizer()
     store.tokenize(tokenizer, config.data.max_length)
+    if plan.adapter is not None:
+        task.extra_model_kwargs.update(plan.adapter.model_kwargs())
     encoder = AutoModel.from_pretrained(task.model_path(), **task.pretrained_kwargs())
     if plan.adapter is not None:
         encoder = plan.adapter.apply(encoder, task)

@@ -14,7 +14,7 @@ from tuneforge import hookimpl
 from tuneforge.config import apply_overrides, load_config, read_yaml, resolve_paths, validate
 from tuneforge.errors import ConfigError
 from tuneforge.plugin_manager import PluginManager
-from tuneforge.plugins.adapters import default_targets, module_patterns, task_head_modules
+from tuneforge.plugins.adapters import LoraAdapter, default_targets, module_patterns, task_head_modules
 from tuneforge.run import load_trained_model, preflight, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -168,6 +168,57 @@ def test_qlora_without_bitsandbytes_or_cuda_fails_in_preflight(tiny_classificati
     cfg = {**tiny_classification_config, "adapter": {"type": "qlora", "bits": 4}}
     with pytest.raises(ConfigError, match=r"adapter 'qlora'.*(bitsandbytes|CUDA).*adapter.type=lora"):
         preflight(validate(cfg), check_output=False)
+
+
+def test_qlora_loads_the_base_quantised_once_and_refuses_a_full_precision_model(adapters, tiny_classification_config):
+    """QLoRA never builds the full-precision base first: its quantization_config goes into the task's
+    own from_pretrained call (Adapter.model_kwargs), heads and the LM head stay unquantised."""
+    adapter = make_adapter(adapters, tiny_classification_config, type="qlora", bits=4, modules_to_save=["my_head"])
+    kwargs = adapter.model_kwargs()
+    q = kwargs["quantization_config"]
+    assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant
+    assert q.bnb_4bit_compute_dtype == torch.bfloat16 and kwargs["dtype"] == torch.bfloat16
+    assert {"my_head", "classifier", "score", "lm_head"} <= set(q.llm_int8_skip_modules)
+    assert kwargs["device_map"] == {"": 0}
+    eight = make_adapter(adapters, tiny_classification_config, type="qlora", bits=8).model_kwargs()
+    assert eight["quantization_config"].load_in_8bit
+    with pytest.raises(ConfigError, match="built its model without the adapter's quantization_config"):
+        adapter.apply(tiny("bert", "cls"), None)
+
+
+class _EagerLora(LoraAdapter):
+    name = "lora-eager"
+
+    def model_kwargs(self):
+        return {"attn_implementation": "eager", "hidden_dropout_prob": 0.0}
+
+
+class _EagerAttention:
+    """An adapter plugin whose model_kwargs must reach the task's from_pretrained."""
+
+    @hookimpl
+    def tf_register_adapters(self, register):
+        register("lora-eager", _EagerLora)
+
+
+def test_adapter_model_kwargs_reach_the_tasks_from_pretrained(tiny_bert, tiny_classification_data, tmp_path):
+    from tuneforge.plugin_manager import PluginManager
+
+    config = cpu_config(tiny_bert, tiny_classification_data, tmp_path / "run", "training.max_steps=2",
+                        "evaluation.strategy=no", adapter={"type": "lora-eager", "r": 2})
+    seen = {}
+
+    class Probe:
+        @hookimpl
+        def tf_on_fit_start(self, run):
+            cfg = run.runtime.unwrap(run.model).config
+            seen.update(attn=cfg._attn_implementation, dropout=cfg.hidden_dropout_prob)
+
+    pm = PluginManager.default()
+    pm.register(_EagerAttention(), name="eager-adapter")
+    pm.register(Probe(), name="probe")
+    train(config, pm)
+    assert seen == {"attn": "eager", "dropout": 0.0}
 
 
 def test_single_gpu_config_is_valid():
