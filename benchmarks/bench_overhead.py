@@ -10,13 +10,16 @@ number of steps go through
 * ``trainer``   ``transformers.Trainer`` (optim=adamw_torch, logging every step).
 
 Each variant runs in its own subprocess (so peak RSS is its own, read with ``ru_maxrss`` at
-the last training step, before tuneforge's final checkpoint write), all three at the same
-time, so whatever else loads the (shared) CPU loads them alike. Per optimizer step (from
-one step end to the next: data loading, forward, backward, clipping, optimizer, scheduler,
-logging) two times are taken: the process's CPU time, which does not depend on how much
-of the machine the process gets and is the primary figure on a shared CPU; and wall
-time, counted only for steps inside the window where every variant was past its warmup
-and still training. Medians over all rounds. Torch runs 1 thread per process by default.
+the last training step, before tuneforge's final checkpoint write). By default the variants
+run one at a time, interleaved round by round (plain, tuneforge, trainer, plain, ...), each
+alone on the machine: the clean comparison on a quiet machine. ``--concurrent`` runs the
+three of a round at the same time instead, so that whatever else loads a shared CPU loads
+them alike. Per optimizer step (from one step end to the next: data loading, forward,
+backward, clipping, optimizer, scheduler, logging) two times are taken: the process's CPU
+time and wall time; with ``--concurrent`` both are counted only for steps inside the window
+where every variant was past its warmup and still training (a variant whose last steps ran
+alone would otherwise look faster). Medians over all rounds. Torch runs 1 thread per process
+by default.
 
 Data order: the plain loop and the Trainer use the sampler semantics tuneforge
 documents (``torch.randperm`` with a generator seeded ``seed * 1_000_003 + epoch``),
@@ -272,19 +275,30 @@ def launch(variant: str, args: argparse.Namespace, out: Path) -> subprocess.Pope
 
 
 def run_round(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """All variants at once (they share whatever load the machine has), each in its own process."""
+    """Every variant once, each in its own process: one after the other, or all at once (``--concurrent``)."""
     with tempfile.TemporaryDirectory() as tmp:
-        procs = {v: launch(v, args, Path(tmp) / f"{v}.json") for v in VARIANTS}
-        for variant, proc in procs.items():
-            _, stderr = proc.communicate()
-            if proc.returncode != 0:
-                raise SystemExit(f"{variant} worker failed:\n{stderr[-3000:]}")
+        order = VARIANTS if args.concurrent else VARIANTS[args.round % 3:] + VARIANTS[:args.round % 3]
+        procs: dict[str, subprocess.Popen[str]] = {}
+        for variant in order:
+            procs[variant] = launch(variant, args, Path(tmp) / f"{variant}.json")
+            if not args.concurrent:
+                wait(variant, procs[variant])
+        if args.concurrent:
+            for variant, proc in procs.items():
+                wait(variant, proc)
         return {v: json.loads((Path(tmp) / f"{v}.json").read_text(encoding="utf-8")) for v in VARIANTS}
 
 
-def summarise(rounds: list[dict[str, dict[str, Any]]], warmup: int) -> dict[str, Any]:
-    """CPU-time medians over all timed steps; wall-clock medians over the steps that ran while
-    every variant of the round was past its warmup and still training."""
+def wait(variant: str, proc: subprocess.Popen[str]) -> None:
+    _, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"{variant} worker failed:\n{stderr[-3000:]}")
+
+
+def summarise(rounds: list[dict[str, dict[str, Any]]], warmup: int, concurrent: bool) -> dict[str, Any]:
+    """CPU-time and wall-clock medians over the timed steps (after ``warmup``); with
+    ``concurrent`` only over the steps that ran while every variant of the round was past its
+    warmup and still training."""
     cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
     wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for rnd in rounds:
@@ -293,8 +307,8 @@ def summarise(rounds: list[dict[str, dict[str, Any]]], warmup: int) -> dict[str,
         for v in VARIANTS:
             stamps = rnd[v]["times"]
             for (w0, c0), (w1, c1) in list(itertools.pairwise(stamps))[warmup:]:
-                cpu[v].append(c1 - c0)
-                if w0 >= start and w1 <= end:
+                if not concurrent or (w0 >= start and w1 <= end):
+                    cpu[v].append(c1 - c0)
                     wall[v].append(w1 - w0)
     return {
         "cpu": {v: statistics.median(x) for v, x in cpu.items()},
@@ -312,6 +326,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per run (1: steadier timings on a shared CPU)")
+    parser.add_argument("--concurrent", action="store_true",
+                        help="run the three variants of a round at the same time (for a loaded, shared CPU)")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -325,8 +341,11 @@ def main() -> None:
         return
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
-    rounds = [run_round(args) for _ in range(args.rounds)]
-    s = summarise(rounds, args.warmup)
+    rounds = []
+    for i in range(args.rounds):
+        args.round = i
+        rounds.append(run_round(args))
+    s = summarise(rounds, args.warmup, args.concurrent)
     cpu, wall = s["cpu"], s["wall"]
     rss = {v: max(r[v]["peak_rss_mib"] for r in rounds) for v in VARIANTS}
     plain_losses = rounds[0]["plain"]["losses"]
@@ -342,7 +361,7 @@ def main() -> None:
         "batch_size": args.batch_size, "max_length": HP["max_length"], "torch_threads": args.threads,
         "cpu_median_step_s": {v: round(x, 4) for v, x in cpu.items()},
         "wall_median_step_s": {v: round(x, 4) for v, x in wall.items()},
-        "wall_steps_in_window": s["wall_steps_in_window"],
+        "timed_steps": s["wall_steps_in_window"], "mode": "concurrent" if args.concurrent else "sequential",
         "tuneforge_vs_plain_cpu": ratio["cpu"],
         "tuneforge_vs_plain_wall": ratio["wall"],
         "tuneforge_vs_trainer_cpu": round(cpu["tuneforge"] / cpu["trainer"], 3),
