@@ -42,8 +42,10 @@ def test_a_crashing_trial_fails_alone_and_the_report_is_written(search_config, t
     assert cli_main(["search", "--config", str(path)]) == 0
     study = load(tmp_path / "study")
     t0, t1 = study.trials
-    assert t0.state.name == "FAIL" and t0.user_attrs["exit_code"] == 1
-    assert "no_such_activation" in t0.user_attrs["error"]  # the trial's last error line, e.g. KeyError
+    # the KeyError raised inside the classification plugin's build_model is blamed on the plugin: exit 2
+    assert t0.state.name == "FAIL" and t0.user_attrs["exit_code"] == 2
+    assert "plugin 'classification' raised KeyError in build_model" in t0.user_attrs["error"]
+    assert "no_such_activation" in t0.user_attrs["error"]  # the trial's last error line
     assert t1.state.name == "COMPLETE" and 0.0 <= t1.value <= 1.0 and t1.user_attrs["steps"] == 10
     assert t1.user_attrs["overhead_seconds"] > 0
     out = tmp_path / "study"
