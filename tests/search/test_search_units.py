@@ -4,6 +4,9 @@ resume, objective values from a run directory, stale-trial detection and retry."
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import optuna
@@ -27,6 +30,24 @@ def test_last_error_line_finds_the_reason():
     assert last_error_line(torchrun, 1) == "ValueError: bad rank input"
     assert last_error_line("", -9) == "killed by SIGKILL (out of memory?)"
     assert last_error_line("whatever", 0) is None
+
+
+def test_trial_process_exit_skips_teardown_but_not_atexit_or_buffered_output():
+    # exit_now ends a trial without module teardown; trackers' atexit flushes and block-buffered
+    # stdout (a trial's stdout is its log file) must still come out, and the code must reach the controller.
+    code = (
+        "import atexit, sys\n"
+        "from tuneforge.search.trial import exit_now\n"
+        "atexit.register(lambda: print('atexit ran', file=sys.stderr))\n"
+        "print('buffered line')\n"
+        "sys.stderr.write('stderr line\\n')\n"
+        "exit_now(3)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # keep stdout block-buffered
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 3
+    assert proc.stdout.splitlines() == ["buffered line"]
+    assert proc.stderr.splitlines() == ["stderr line", "atexit ran"]
 
 
 def test_apply_optimizer_hparams_keeps_the_schedule_position(tiny_classification_config):
