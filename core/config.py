@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
 from tuneforge.errors import ConfigError, did_you_mean
 
@@ -458,6 +466,12 @@ class RunConfig(Section):
     trackers: list[str] = Field(default_factory=lambda: ["jsonl"], description="Tracker plugins to log to.")
     plugins: list[str] = Field(default_factory=list, description="Extra plugin modules to import and register.")
     resume: str = Field("never", description="'never', 'auto' (latest complete checkpoint), or a checkpoint path.")
+    _source: str = PrivateAttr("config")
+
+    @property
+    def source(self) -> str:
+        """Where the config came from (its file), for errors found after validation."""
+        return self._source
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
@@ -610,6 +624,66 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+# What the HF Trainer (TrainingArguments), Axolotl and LLaMA-Factory call keys that exist here under
+# another name: a user coming from them gets the tuneforge key, not a near-miss spelling.
+OTHER_TRAINERS_NAMES: dict[str, str] = {
+    "learning_rate": "training.lr",
+    "num_train_epochs": "training.epochs",
+    "num_epochs": "training.epochs",
+    "per_device_train_batch_size": "training.batch_size",
+    "train_batch_size": "training.batch_size",
+    "micro_batch_size": "training.batch_size",
+    "per_device_eval_batch_size": "training.eval_batch_size",
+    "lr_scheduler_type": "training.scheduler",
+    "lr_scheduler": "training.scheduler",
+    "adam_beta1": "training.betas",
+    "adam_beta2": "training.betas",
+    "adam_epsilon": "training.eps",
+    "bf16": "training.mixed_precision",
+    "fp16": "training.mixed_precision",
+    "logging_steps": "training.log_every_n_steps",
+    "dataloader_num_workers": "training.num_workers",
+    "eval_steps": "evaluation.every_n_steps",
+    "eval_strategy": "evaluation.strategy",
+    "evaluation_strategy": "evaluation.strategy",
+    "metric_for_best_model": "evaluation.metric",
+    "output_dir": "output.dir",
+    "overwrite_output_dir": "output.overwrite",
+    "save_steps": "output.save_every_n_steps",
+    "save_total_limit": "output.keep_last",
+    "load_best_model_at_end": "output.save_best",
+    "resume_from_checkpoint": "resume",
+    "model_name_or_path": "model.name_or_path",
+    "base_model": "model.name_or_path",
+    "max_seq_length": "data.max_length",
+    "sequence_len": "data.max_length",
+    "cutoff_len": "data.max_length",
+    "deepspeed": "distributed.deepspeed_config",
+    "report_to": "trackers",
+    "lora_r": "adapter.r",
+    "lora_alpha": "adapter.alpha",
+    "lora_dropout": "adapter.dropout",
+    "lora_target_modules": "adapter.target_modules",
+    "lora_target": "adapter.target_modules",
+}
+
+
+def suggest_key(path: str, key: str, siblings: list[str]) -> str:
+    """The hint of an unknown key: another trainer's name for a tuneforge key, a near-miss of a
+    key valid here, or the same key in another section (``evaluation.seed`` -> ``training.seed``)."""
+    alias = OTHER_TRAINERS_NAMES.get(key)
+    if alias and alias != path:
+        return f" (did you mean '{alias}'? '{key}' is another trainer's name for it)"
+    hint = did_you_mean(key, siblings)
+    if hint:
+        return hint
+    for section, field in RunConfig.model_fields.items():
+        sub = _model_in(field.annotation)
+        if sub is not None and key in sub.model_fields and f"{section}.{key}" != path:
+            return f" (did you mean '{section}.{key}'?)"
+    return ""
+
+
 def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str, prefix: str = "") -> str:
     lines = []
     for err in exc.errors():
@@ -619,7 +693,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
             key = str(loc[-1])
             siblings = _fields_at(model, loc[:-1])
             valid = f"; valid keys here: {', '.join(siblings)}" if siblings else ""
-            lines.append(f"{source}: unknown key '{path}'{did_you_mean(key, siblings)}{valid}")
+            lines.append(f"{source}: unknown key '{path}'{suggest_key(path, key, siblings)}{valid}")
         elif err["type"] == "missing":
             lines.append(f"{source}: missing required key '{path}'")
         else:
@@ -633,9 +707,11 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
 
 def validate(raw: dict[str, Any], source: str = "config") -> RunConfig:
     try:
-        return RunConfig.model_validate(raw)
+        config = RunConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, RunConfig, source)) from None
+    config._source = source
+    return config
 
 
 def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> RunConfig:

@@ -60,12 +60,12 @@ def preflight(config: RunConfig, plugins: PluginManager | None = None, *, check_
     pm = plugins or build_plugins(config)
     pm.build_registries()
     task_cls = pm.tasks.get(config.task.name)
-    task_options = task_cls.parse_options(config.task.options())
+    task_options = task_cls.parse_options(config.task.options(), config.source)
     check_metric_names(task_cls, config, pm.metrics)
     plan = Plan(config, pm, task_cls, task_options)
     if config.adapter is not None:
         plan.adapter_cls = pm.adapters.get(config.adapter.type)
-        plan.adapter_options = plan.adapter_cls.parse_options(config.adapter.options())
+        plan.adapter_options = plan.adapter_cls.parse_options(config.adapter.options(), config.source)
         plan.adapter_cls(plan.adapter_options, config).preflight()
     plan.tracker_classes = [pm.trackers.get(name) for name in config.trackers]
     from tuneforge.distributed import resolve_strategy  # cheap: reads the env and the DeepSpeed JSON
@@ -418,7 +418,7 @@ def load_trained_model(
     if (model_dir / "tokenizer_config.json").is_file():
         model_cfg = model_cfg.model_copy(update={"tokenizer": str(model_dir)})
     task_cls = pm.tasks.get(config.task.name)
-    task = task_cls(task_cls.parse_options(config.task.options()), config.model_copy(update={"model": model_cfg}))
+    task = task_cls(task_cls.parse_options(config.task.options(), config.source), config.model_copy(update={"model": model_cfg}))
     task.load_state(model_dir)
     tokenizer = task.load_tokenizer()
     model = task.build_model(tokenizer)
@@ -426,7 +426,7 @@ def load_trained_model(
         if config.adapter is None:
             raise ConfigError(f"'{model_dir}' holds an adapter, but the run config has no adapter: section to load it")
         adapter_cls = pm.adapters.get(config.adapter.type)
-        adapter = adapter_cls(adapter_cls.parse_options(config.adapter.options()), config)
+        adapter = adapter_cls(adapter_cls.parse_options(config.adapter.options(), config.source), config)
         model = adapter.load(model, model_dir, task)
     model.eval()
     return task, tokenizer, model

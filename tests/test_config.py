@@ -43,6 +43,40 @@ def test_unknown_section_suggests():
         validate({**BASE, "trainig": {}})
 
 
+@pytest.mark.parametrize(
+    ("raw", "unknown", "meant"),
+    [
+        ({"training": {"learning_rate": 1e-4}}, "training.learning_rate", "training.lr"),
+        # difflib alone would offer eval_batch_size here
+        ({"training": {"per_device_train_batch_size": 8}}, "training.per_device_train_batch_size", "training.batch_size"),
+        ({"training": {"num_train_epochs": 3}}, "training.num_train_epochs", "training.epochs"),
+        ({"training": {"bf16": True}}, "training.bf16", "training.mixed_precision"),
+        ({"output_dir": "runs/x"}, "output_dir", "output.dir"),
+        ({"evaluation": {"eval_steps": 50}}, "evaluation.eval_steps", "evaluation.every_n_steps"),
+        ({"evaluation": {"seed": 3}}, "evaluation.seed", "training.seed"),  # a key of another section
+    ],
+)
+def test_unknown_key_from_another_trainer_or_section_names_the_tuneforge_key(tmp_path, raw, unknown, meant):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, {**BASE, **raw}))
+    msg = str(err.value)
+    assert f"unknown key '{unknown}' (did you mean '{meant}'?" in msg
+    assert msg.startswith(str(tmp_path / "run.yaml"))
+
+
+def test_plugin_option_errors_name_the_config_file(tmp_path):
+    from tuneforge.run import preflight
+
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\na,x\nb,y\n")
+    raw = {**BASE, "data": {"train": str(train)}, "adapter": {"type": "lora", "lora_r": 4}}
+    config = load_config(write(tmp_path, raw))
+    assert config.source == str(tmp_path / "run.yaml")
+    with pytest.raises(ConfigError) as err:
+        preflight(config, check_output=False)
+    assert str(err.value).startswith(f"{tmp_path / 'run.yaml'}: unknown key 'adapter.lora_r' (did you mean 'adapter.r'?")
+
+
 def test_wrong_type_and_range_name_the_key():
     with pytest.raises(ConfigError, match=r"'training.batch_size'.*valid integer.*got 'big'"):
         validate({**BASE, "training": {"batch_size": "big"}})

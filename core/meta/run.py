@@ -88,7 +88,7 @@ def preflight_meta(config: RunConfig, plugins: PluginManager | None = None, *, c
         if config.adapter is None:
             raise ConfigError("meta.learn=adapter needs an adapter: section (e.g. adapter: {type: lora})")
         adapter_cls = pm.adapters.get(config.adapter.type)
-        plan.adapter = adapter_cls(adapter_cls.parse_options(config.adapter.options()), config)
+        plan.adapter = adapter_cls(adapter_cls.parse_options(config.adapter.options(), config.source), config)
         plan.adapter.preflight()
     elif config.adapter is not None:
         raise ConfigError(f"an adapter: section is set but meta.learn={meta.learn}; set meta.learn: adapter")
