@@ -83,3 +83,20 @@ def test_launch_script_runs_the_same_code_path(config_file):
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 2 and "did you mean 'lr'?" in proc.stderr
+
+
+def test_stdout_carries_only_the_json_result(config_file, tmp_path):
+    # `tuneforge train ... | jq` must work: DeepSpeed, imported by the export (save_pretrained), logs a
+    # warning through a handler on sys.stdout; it and any other library output belong on stderr.
+    proc = tuneforge("train", "--config", str(config_file), "training.max_steps=4", "output.export=true")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1, proc.stdout
+    assert json.loads(lines[0])["status"] == "completed"
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    data = yaml.safe_load(config_file.read_text())["data"]["validation"]
+    for args in (("evaluate", "--run", str(tmp_path / "run"), "--data", data),
+                 ("predict", "--run", str(tmp_path / "run"), "--data", data, "--output", str(tmp_path / "p.jsonl"))):
+        proc = tuneforge(*args)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert len(proc.stdout.splitlines()) == 1 and json.loads(proc.stdout), proc.stdout

@@ -12,6 +12,7 @@ import logging
 import time
 from pathlib import Path
 
+from tuneforge.commands import stdout_kept_for_results
 from tuneforge.errors import ConfigError
 
 
@@ -35,6 +36,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with stdout_kept_for_results():
+        metrics, examples, out = _evaluate(args)
+    print(json.dumps({"metrics": {k: round(v, 6) for k, v in sorted(metrics.items())},
+                      "examples": examples, "output": str(out)}))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> tuple[dict[str, float], int, Path]:
     from tuneforge import inference
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -69,6 +78,4 @@ def run(args: argparse.Namespace) -> int:
     if preds is not None:
         inference.write_predictions(out / "predictions.jsonl", records, preds)
     trained.task.write_reports(outputs, "test", features, out)
-    print(json.dumps({"metrics": {k: round(v, 6) for k, v in sorted(metrics.items())},
-                      "examples": len(records), "output": str(out)}))
-    return 0
+    return metrics, len(records), out

@@ -14,6 +14,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from tuneforge.commands import stdout_kept_for_results
 from tuneforge.config import read_yaml, validate
 from tuneforge.errors import ConfigError
 
@@ -69,7 +70,8 @@ def export(run_dir: Path, output: Path | None = None, *, merge: bool = False, ov
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    output = export(args.run, args.output, merge=args.merge, overwrite=args.overwrite)
+    with stdout_kept_for_results():
+        output = export(args.run, args.output, merge=args.merge, overwrite=args.overwrite)
     files = sorted(p.name for p in output.iterdir())
     print(json.dumps({"output": str(output), "merged": args.merge, "files": files}))
     return 0

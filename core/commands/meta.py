@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from tuneforge.commands import stdout_kept_for_results
 from tuneforge.commands.train import add_config_arguments
 from tuneforge.config import load_config
 
@@ -23,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     from tuneforge.meta.run import format_table, run_meta
 
     config = load_config(args.config, list(args.overrides))
-    results = run_meta(config)
+    with stdout_kept_for_results():
+        results = run_meta(config)
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps(results) if args.json else format_table(results))
         if not args.json:

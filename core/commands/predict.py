@@ -12,6 +12,7 @@ import logging
 import time
 from pathlib import Path
 
+from tuneforge.commands import stdout_kept_for_results
 from tuneforge.commands.evaluate import add_model_arguments
 from tuneforge.errors import ConfigError
 
@@ -25,6 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with stdout_kept_for_results():
+        count, seconds = _predict(args)
+    print(json.dumps({"predictions": count, "output": str(args.output), "seconds": seconds}))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> tuple[int, float]:
     from tuneforge import inference
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -38,6 +46,4 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"task '{trained.config.task.name}' does not implement predictions(); "
                           "use `tuneforge evaluate` for its metrics")
     inference.write_predictions(args.output, records, preds)
-    print(json.dumps({"predictions": len(preds), "output": str(args.output),
-                      "seconds": round(time.perf_counter() - started, 2)}))
-    return 0
+    return len(preds), round(time.perf_counter() - started, 2)

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+from tuneforge.commands import stdout_kept_for_results
 from tuneforge.config import load_config
 
 
@@ -37,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     if args.nproc is not None and args.nproc != 1:
         return relaunch(args.nproc, ["train", "--config", args.config, *overrides])
-    results = train(config)
+    with stdout_kept_for_results():
+        results = train(config)
     if results.get("world_size", 1) == 1 or _is_main():
         print(json.dumps({k: results[k] for k in ("status", "steps", "best_metric", "test") if k in results}))
     return 0
