@@ -274,10 +274,10 @@ def launch(variant: str, args: argparse.Namespace, out: Path) -> subprocess.Pope
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def run_round(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+def run_round(args: argparse.Namespace, index: int) -> dict[str, dict[str, Any]]:
     """Every variant once, each in its own process: one after the other, or all at once (``--concurrent``)."""
     with tempfile.TemporaryDirectory() as tmp:
-        order = VARIANTS if args.concurrent else VARIANTS[args.round % 3:] + VARIANTS[:args.round % 3]
+        order = VARIANTS if args.concurrent else VARIANTS[index % 3:] + VARIANTS[:index % 3]
         procs: dict[str, subprocess.Popen[str]] = {}
         for variant in order:
             procs[variant] = launch(variant, args, Path(tmp) / f"{variant}.json")
@@ -313,7 +313,7 @@ def summarise(rounds: list[dict[str, dict[str, Any]]], warmup: int, concurrent: 
     return {
         "cpu": {v: statistics.median(x) for v, x in cpu.items()},
         "wall": {v: statistics.median(x) if x else float("nan") for v, x in wall.items()},
-        "wall_steps_in_window": {v: len(x) for v, x in wall.items()},
+        "timed_steps": {v: len(x) for v, x in wall.items()},
     }
 
 
@@ -341,10 +341,7 @@ def main() -> None:
         return
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
-    rounds = []
-    for i in range(args.rounds):
-        args.round = i
-        rounds.append(run_round(args))
+    rounds = [run_round(args, i) for i in range(args.rounds)]
     s = summarise(rounds, args.warmup, args.concurrent)
     cpu, wall = s["cpu"], s["wall"]
     rss = {v: max(r[v]["peak_rss_mib"] for r in rounds) for v in VARIANTS}
@@ -361,7 +358,7 @@ def main() -> None:
         "batch_size": args.batch_size, "max_length": HP["max_length"], "torch_threads": args.threads,
         "cpu_median_step_s": {v: round(x, 4) for v, x in cpu.items()},
         "wall_median_step_s": {v: round(x, 4) for v, x in wall.items()},
-        "timed_steps": s["wall_steps_in_window"], "mode": "concurrent" if args.concurrent else "sequential",
+        "timed_steps": s["timed_steps"], "mode": "concurrent" if args.concurrent else "sequential",
         "tuneforge_vs_plain_cpu": ratio["cpu"],
         "tuneforge_vs_plain_wall": ratio["wall"],
         "tuneforge_vs_trainer_cpu": round(cpu["tuneforge"] / cpu["trainer"], 3),

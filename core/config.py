@@ -677,9 +677,8 @@ def suggest_key(path: str, key: str, siblings: list[str]) -> str:
     hint = did_you_mean(key, siblings)
     if hint:
         return hint
-    for section, field in RunConfig.model_fields.items():
-        sub = _model_in(field.annotation)
-        if sub is not None and key in sub.model_fields and f"{section}.{key}" != path:
+    for section in RunConfig.model_fields:
+        if key in _fields_at(RunConfig, (section,)) and f"{section}.{key}" != path:
             return f" (did you mean '{section}.{key}'?)"
     return ""
 
