@@ -156,6 +156,7 @@ class CheckpointManager:
                 f"could not write checkpoint {final} ({exc.strerror or exc}); {kept}. Free disk space (or fix the "
                 "directory's permissions) and continue with resume=auto"
             ) from exc
+        if self.is_main:
             if is_best:
                 pointer = self.root / "best"
                 tmp_pointer = self.root / ".best.tmp"

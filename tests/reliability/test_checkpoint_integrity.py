@@ -143,3 +143,31 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resume_continu
     assert sorted(losses) == list(range(1, 16))
     for step in range(6, 16):
         assert losses[step] == pytest.approx(reference[step], abs=1e-6)
+
+
+def test_retention_keeps_the_last_n_plus_the_best(tmp_path: Path) -> None:
+    """keep_last periodic checkpoints survive, older ones are pruned, and the best one stays
+    (and is what `best()` names) however old it is."""
+    manager = CheckpointManager(tmp_path, keep_last=2)
+
+    def write(directory: Path) -> None:
+        (directory / "weights.bin").write_bytes(directory.name.encode())
+
+    for step in range(1, 7):
+        manager.save(step, {"step": step}, write, lambda: None, is_best=step == 2)
+    assert [p.name for p in manager.complete()] == ["step-00000002", "step-00000005", "step-00000006"]
+    best = manager.best()
+    assert best is not None and best.name == "step-00000002"
+    assert (best / "weights.bin").read_bytes() == b".tmp-step-00000002"
+    assert not list(manager.root.glob(".tmp-*"))
+
+
+def test_a_run_keeps_its_best_checkpoint_and_tests_it(tf_run, tiny_classification_config: dict[str, Any]) -> None:
+    cfg = {**tiny_classification_config, "output": {**tiny_classification_config["output"], "save_every_n_steps": 10,
+                                                    "keep_last": 1, "export": False}}
+    results, run_dir = tf_run(cfg)
+    manager = CheckpointManager(run_dir)
+    best = manager.best()
+    assert best is not None and best.name == f"step-{results['best_step']:08d}"
+    kept = [p.name for p in manager.complete()]
+    assert kept[-1] == "step-00000040" and len(kept) == (1 if results["best_step"] == 40 else 2)
