@@ -155,7 +155,10 @@ class EvaluationConfig(Section):
 class OutputConfig(Section):
     dir: str = Field("runs/run", description="The run directory (checkpoints, logs, exported model).")
     overwrite: bool = Field(False, description="Allow starting fresh in a directory that has checkpoints.")
-    save_every_n_steps: int | None = Field(None, ge=1, description="Periodic checkpoint interval.")
+    save_every_n_steps: int | None = Field(
+        None, ge=1, description="Periodic checkpoint interval (optimizer steps; `tuneforge meta`: meta-steps and "
+        "multi-task steps, default every tenth of each loop)."
+    )
     keep_last: int = Field(2, ge=1, description="Periodic checkpoints kept (the best is kept in addition).")
     save_best: bool = Field(True, description="Checkpoint whenever the selection metric improves.")
     export: bool = Field(True, description="Write the best (or final) model in Hugging Face format to dir/model.")

@@ -14,6 +14,7 @@ from tuneforge.config import load_config
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("meta", help="meta-learn a few-shot start (Reptile/FOMAML) and evaluate it")
     add_config_arguments(p)
+    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
     p.add_argument("--json", action="store_true", help="print results.json instead of the table")
     p.set_defaults(func=run)
 
@@ -23,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tuneforge.meta.run import format_table, run_meta
 
-    config = load_config(args.config, list(args.overrides))
+    config = load_config(args.config, list(args.overrides) + (["resume=auto"] if args.resume else []))
     with stdout_kept_for_results():
         results = run_meta(config)
     if os.environ.get("RANK", "0") == "0":

@@ -4,6 +4,12 @@ All three spread work over processes through :class:`tuneforge.distributed.Runti
 episodes (or batches) are dealt round-robin to ranks and flat gradient vectors are
 averaged with ``runtime.all_reduce``; every rank applies the same update, so the
 parameters stay identical everywhere without wrapping the model in DDP.
+
+The two training loops can be interrupted and continued: every ``checkpoint_every``
+steps (and at their last step) they hand ``checkpoint(step, state)`` a state dict
+(parameters, optimizer and schedule) that, given back as ``resume``, continues the
+loop exactly where it stopped. Episodes and batches depend only on their index, so
+a resumed loop takes the same steps as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -42,10 +48,17 @@ class _Collective:
 SINGLE_PROCESS = _Collective()
 
 
+Checkpoint = Callable[[int, dict[str, Any]], None]
+
+
 @dataclass
 class TrainHistory:
     steps: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def _due(step: int, total: int, every: int | None) -> bool:
+    return step == total or (every is not None and step % every == 0)
 
 
 def _outer_optimizer(params: list[torch.nn.Parameter], kind: str, lr: float, steps: int,
@@ -65,8 +78,12 @@ def meta_train(
     *,
     seed: int = 0,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    resume: dict[str, Any] | None = None,
+    checkpoint: Checkpoint | None = None,
+    checkpoint_every: int | None = None,
 ) -> TrainHistory:
-    """Run ``config.meta_steps`` outer updates in place on ``learner``'s parameters.
+    """Run ``config.meta_steps`` outer updates in place on ``learner``'s parameters
+    (the remaining ones when ``resume`` is a state an earlier ``checkpoint`` call got).
 
     Episode ``step * meta_batch_size + j`` is task ``j`` of outer step ``step``;
     rank ``r`` handles the tasks ``j`` with ``j % world == r``.
@@ -75,8 +92,14 @@ def meta_train(
     started = time.perf_counter()
     opt, sched = _outer_optimizer(learner.params, config.outer_optimizer, config.outer_lr, config.meta_steps,
                                   config.outer_schedule)
+    first = 0
+    if resume is not None:
+        learner.load_flat(resume["theta"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        first = int(resume["step"])
     world, rank, batch = runtime.num_processes, runtime.process_index, config.meta_batch_size
-    for step in range(config.meta_steps):
+    for step in range(first, config.meta_steps):
         theta = learner.flat()
         total = torch.zeros_like(theta)
         losses = torch.zeros(2)  # (sum of task losses, tasks) on this rank
@@ -99,6 +122,9 @@ def meta_train(
         history.steps.append(metrics)
         if on_step is not None:
             on_step(step + 1, metrics)
+        if checkpoint is not None and _due(step + 1, config.meta_steps, checkpoint_every):
+            checkpoint(step + 1, {"step": step + 1, "theta": learner.flat(), "optimizer": opt.state_dict(),
+                                  "scheduler": sched.state_dict(), "loss": metrics["loss"]})
     history.seconds = time.perf_counter() - started
     return history
 
@@ -111,13 +137,16 @@ def multitask_train(
     *,
     seed: int = 0,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    resume: dict[str, Any] | None = None,
+    checkpoint: Checkpoint | None = None,
+    checkpoint_every: int | None = None,
 ) -> TrainHistory:
     """The non-episodic baseline: ordinary supervised training on the same source data,
     one cosine head per source task (prototype-initialised over all its labels), Adam.
     Each rank draws its own batch; gradients are averaged over ranks."""
     history = TrainHistory()
     started = time.perf_counter()
-    steps = config.multitask_steps if config.multitask_steps is not None else config.meta_steps * config.meta_batch_size
+    steps = multitask_steps(config)
     lr = config.multitask_lr or config.inner_lr
     rng0 = random.Random(f"multitask-heads:{seed}")
     heads = []
@@ -126,9 +155,17 @@ def multitask_train(
         heads.append(learner.prototype_head(init, len(pool.labels)))
     params = [*learner.params, *heads]
     opt = torch.optim.Adam(params, lr=lr)
+    first = 0
+    if resume is not None:
+        learner.load_flat(resume["theta"])
+        with torch.no_grad():
+            for head, saved in zip(heads, resume["heads"], strict=True):
+                head.copy_(saved)
+        opt.load_state_dict(resume["optimizer"])
+        first = int(resume["step"])
     weights = [sum(len(v) for v in p.by_label.values()) for p in pools]
     examples = [[(ex, c) for c, lab in enumerate(p.labels) for ex in p.by_label[lab]] for p in pools]
-    for step in range(steps):
+    for step in range(first, steps):
         rng = random.Random(f"multitask:{seed}:{step}:{runtime.process_index}")
         k = rng.choices(range(len(pools)), weights=weights)[0]
         batch = rng.sample(examples[k], min(config.multitask_batch_size, len(examples[k])))
@@ -147,9 +184,17 @@ def multitask_train(
         history.steps.append(metrics)
         if on_step is not None:
             on_step(step + 1, metrics)
+        if checkpoint is not None and _due(step + 1, steps, checkpoint_every):
+            checkpoint(step + 1, {"step": step + 1, "theta": learner.flat(), "optimizer": opt.state_dict(),
+                                  "heads": [h.detach().clone() for h in heads], "loss": metrics["loss"]})
     opt.zero_grad(set_to_none=True)
     history.seconds = time.perf_counter() - started
     return history
+
+
+def multitask_steps(config: MetaConfig) -> int:
+    """Steps of the multi-task baseline (default: as many as meta-training's episodes)."""
+    return config.multitask_steps if config.multitask_steps is not None else config.meta_steps * config.meta_batch_size
 
 
 @dataclass

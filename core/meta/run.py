@@ -22,9 +22,10 @@ from tuneforge.config import MetaConfig, MetaSourceTask, RunConfig, dump_config
 from tuneforge.data import record_origin
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.meta.algorithm import MetaAlgorithm
+from tuneforge.meta.checkpoints import MetaCheckpoints
 from tuneforge.meta.episodes import EpisodeSampler, LabelPool, mean_ci95, split_labels
 from tuneforge.meta.learner import EpisodeLearner, ExampleStore
-from tuneforge.meta.loops import EpisodeScores, meta_test, meta_train, multitask_train
+from tuneforge.meta.loops import EpisodeScores, meta_test, meta_train, multitask_steps, multitask_train
 from tuneforge.plugin_manager import PluginManager
 from tuneforge.tasks import Task
 
@@ -200,19 +201,27 @@ def _run_meta(plan: MetaPlan) -> dict[str, Any]:
         t0 = time.perf_counter()
         learner.precompute(range(len(store)))
         log.info("cached lower-layer states of %d examples in %.1fs", len(store), time.perf_counter() - t0)
+    checkpoints = MetaCheckpoints(config, runtime)
+    saved = checkpoints.restore()
     trackers = Trackers([cls(run_dir, config.model_dump(mode="json"))
                          for cls in (plan.plugins.trackers.get(n) for n in config.trackers)] if runtime.is_main else [])
+    if saved is not None:
+        trackers.resume(saved.step)
     log.info("meta: %d examples, labels train/val/test = %s; %d meta-learned parameters (learn=%s)", len(store),
              "/".join(str(sum(len(p.labels) for p in pools[k])) for k in ("train", "val", "test")),
              learner.num_parameters, meta.learn)
 
-    def score_val(step: int, start: torch.Tensor, name: str) -> float:
+    def score_val(step: int, named_starts: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Meta-val accuracy of each start, logged as one line."""
         assert val_sampler is not None
-        scores = meta_test(learner, start, val_sampler, meta.val_episodes, steps=meta.inner_steps, lr=meta.inner_lr,
-                           optimizer=meta.inner_optimizer, runtime=runtime, seed=seed)
-        summary = scores.summary()
-        trackers.log_metrics(step, {f"{name}_accuracy": summary["accuracy"], f"{name}_ci95": summary["ci95"]}, "meta_val")
-        return summary["accuracy"]
+        line, accuracies = {}, {}
+        for name, start in named_starts.items():
+            summary = meta_test(learner, start, val_sampler, meta.val_episodes, steps=meta.inner_steps,
+                                lr=meta.inner_lr, optimizer=meta.inner_optimizer, runtime=runtime, seed=seed).summary()
+            line.update({f"{name}_accuracy": summary["accuracy"], f"{name}_ci95": summary["ci95"]})
+            accuracies[name] = summary["accuracy"]
+        trackers.log_metrics(step, line, "meta_val")
+        return accuracies
 
     every = config.training.log_every_n_steps
 
@@ -221,47 +230,74 @@ def _run_meta(plan: MetaPlan) -> dict[str, Any]:
             trackers.log_metrics(step, metrics, "meta_train")
             log.info("meta step %d/%d loss=%.4f", step, meta.meta_steps, metrics["loss"])
         if val_sampler is not None and meta.val_every and step % meta.val_every == 0 and step < meta.meta_steps:
-            score_val(step, learner.flat(), "meta")
+            score_val(step, {"meta": learner.flat()})
 
     status = "failed"
     try:
         theta0 = learner.flat()
-        algorithm = plan.algorithm_cls(meta)
-        meta_hist = meta_train(learner, algorithm, train_sampler, meta, runtime, seed=seed, on_step=log_meta)
-        starts = {"meta": learner.flat()}
+        starts: dict[str, torch.Tensor] = {"pretrained": theta0}
+        done: dict[str, Any] = {}  # results of the finished phases
+        if saved is not None:
+            starts.update(saved.starts)
+            done.update(saved.results)
         info = {"algorithm": meta.algorithm, "learn": meta.learn, "meta_steps": meta.meta_steps,
                 "base_model": config.model.name_or_path, "splits": "splits.json"}
-        if runtime.is_main:
-            learner.export(run_dir / "meta_start", tokenizer, info)
-        starts["pretrained"] = theta0
-        mt_seconds = None
-        if "multitask" in meta.eval.baselines:
+
+        if checkpoints.pending("meta_train", saved):
+            resume = saved.phase if saved is not None and saved.name == "meta_train" else None
+            if resume is not None:
+                log.info("resuming meta-training after meta step %d of %d", resume["step"], meta.meta_steps)
+            t_meta = time.perf_counter()
+            meta_hist = meta_train(
+                learner, plan.algorithm_cls(meta), train_sampler, meta, runtime, seed=seed, on_step=log_meta,
+                resume=resume, checkpoint_every=checkpoints.every(meta.meta_steps),
+                checkpoint=lambda step, state: checkpoints.save("meta_train", step, state, starts, {
+                    **done, "meta_train_seconds": done.get("meta_train_seconds", 0.0) + time.perf_counter() - t_meta,
+                    "final_meta_loss": state["loss"]}),
+            )
+            starts["meta"] = learner.flat()
+            done["meta_train_seconds"] = round(done.get("meta_train_seconds", 0.0) + meta_hist.seconds, 2)
+            if meta_hist.steps:
+                done["final_meta_loss"] = meta_hist.steps[-1]["loss"]
+            if runtime.is_main:
+                learner.export(run_dir / "meta_start", tokenizer, info)
+        elif "meta" not in starts:  # a run of zero meta-steps resumed later on
+            starts["meta"] = theta0
+
+        if "multitask" in meta.eval.baselines and checkpoints.pending("multitask", saved):
+            resume = saved.phase if saved is not None and saved.name == "multitask" else None
             learner.load_flat(theta0)
+            offset = checkpoints.offset("multitask")
 
             def log_mt(step: int, metrics: dict[str, float]) -> None:
                 if step % every == 0:
-                    trackers.log_metrics(step, metrics, "multitask_train")
+                    trackers.log_metrics(offset + step, metrics, "multitask_train")
 
-            mt_hist = multitask_train(learner, pools["train"], meta, runtime, seed=seed, on_step=log_mt)
-            mt_seconds = mt_hist.seconds
+            t_mt = time.perf_counter()
+            mt_hist = multitask_train(
+                learner, pools["train"], meta, runtime, seed=seed, on_step=log_mt, resume=resume,
+                checkpoint_every=checkpoints.every(multitask_steps(meta)),
+                checkpoint=lambda step, state: checkpoints.save("multitask", step, state, starts, {
+                    **done, "multitask_train_seconds":
+                    done.get("multitask_train_seconds", 0.0) + time.perf_counter() - t_mt}),
+            )
             starts["multitask"] = learner.flat()
+            done["multitask_train_seconds"] = round(done.get("multitask_train_seconds", 0.0) + mt_hist.seconds, 2)
             if runtime.is_main:
                 learner.export(run_dir / "multitask_start", tokenizer, {**info, "algorithm": "multitask"})
         names = ["meta"] + [b for b in ("pretrained", "multitask") if b in meta.eval.baselines]
 
-        results: dict[str, Any] = {
-            "status": "completed", "algorithm": meta.algorithm, "learn": meta.learn,
-            "meta_train_seconds": round(meta_hist.seconds, 2),
-            "multitask_train_seconds": None if mt_seconds is None else round(mt_seconds, 2),
-            "meta_start": str(run_dir / "meta_start"), "world_size": runtime.num_processes,
-            "final_meta_loss": meta_hist.steps[-1]["loss"] if meta_hist.steps else None,
-        }
-        if val_sampler is not None:
-            results["meta_val"] = {name: score_val(meta.meta_steps, starts[name], name) for name in names}
+        eval_step = checkpoints.offset("evaluate")
+        if val_sampler is not None and "meta_val" not in done:
+            done["meta_val"] = score_val(eval_step, {name: starts[name] for name in names})
+            checkpoints.save("evaluate", 0, {}, starts, done)
         steps = meta.eval.steps if meta.eval.steps is not None else meta.inner_steps
         lr = meta.eval.lr or meta.inner_lr
-        table: dict[str, Any] = {}
-        for (ways, shots), sampler in test_samplers.items():
+        table: dict[str, Any] = done.setdefault("meta_test", {})
+        for i, ((ways, shots), sampler) in enumerate(test_samplers.items(), start=1):
+            setting = _setting(ways, shots)
+            if setting in table:
+                continue
             row: dict[str, Any] = {}
             scores: dict[str, EpisodeScores] = {}
             for name in names:
@@ -273,14 +309,25 @@ def _run_meta(plan: MetaPlan) -> dict[str, Any]:
             for base in names[1:]:
                 diff, ci = mean_ci95([a - b for a, b in zip(scores["meta"].accuracies, scores[base].accuracies)])
                 row[f"meta_minus_{base}"] = {"accuracy": round(diff, 4), "ci95": round(ci, 4)}
-            table[_setting(ways, shots)] = row
-            trackers.log_metrics(meta.meta_steps, {f"{_setting(ways, shots)} {n}": row[n]["accuracy"] for n in names},
-                                 "meta_test")
-            log.info("%s: %s", _setting(ways, shots),
-                     "  ".join(f"{n} {row[n]['accuracy']:.3f}±{row[n]['ci95']:.3f}" for n in names))
-        results["meta_test"] = table
+            table[setting] = row
+            trackers.log_metrics(eval_step + i, {f"{setting} {n}": row[n]["accuracy"] for n in names}, "meta_test")
+            log.info("%s: %s", setting, "  ".join(f"{n} {row[n]['accuracy']:.3f}±{row[n]['ci95']:.3f}" for n in names))
+            checkpoints.save("evaluate", i, {}, starts, done)
+
+        results: dict[str, Any] = {
+            "status": "completed", "algorithm": meta.algorithm, "learn": meta.learn,
+            "meta_train_seconds": done.get("meta_train_seconds"),
+            "multitask_train_seconds": done.get("multitask_train_seconds"),
+            "meta_start": str(run_dir / "meta_start"), "world_size": runtime.num_processes,
+            "final_meta_loss": done.get("final_meta_loss"),
+        }
+        if "meta_val" in done:
+            results["meta_val"] = done["meta_val"]
+        results["meta_test"] = {_setting(w, k): table[_setting(w, k)] for w, k in test_samplers}
         results["fine_tune"] = {"steps": steps, "lr": lr, "optimizer": meta.inner_optimizer,
                                 "episodes": meta.eval.episodes, "query_per_class": meta.eval.query}
+        if saved is not None:
+            results["resumed_from"] = str(saved.path)
         results["wall_seconds"] = round(time.perf_counter() - started, 2)
         if runtime.is_main:
             (run_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
