@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from tuneforge.checkpoint import CheckpointManager
+from tuneforge.cli import main
 from tuneforge.config import validate
 from tuneforge.errors import ConfigError
 from tuneforge.meta.run import run_meta
@@ -95,7 +96,7 @@ def test_killed_meta_run_resumes_to_the_uninterrupted_results(
 
 
 def test_finished_meta_run_is_not_overwritten_and_resume_checks_settings(
-    tiny_meta_config: dict[str, Any], tmp_path: Path
+    tiny_meta_config: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = copy.deepcopy(tiny_meta_config)
     cfg["meta"].update({"val_episodes": 0, "eval": {"ways": [3], "shots": [1], "episodes": 3, "steps": 1}})
@@ -111,7 +112,10 @@ def test_finished_meta_run_is_not_overwritten_and_resume_checks_settings(
         run_meta(validate({**changed, "resume": "auto"}))
     assert all(torch.equal(before[k], v) for k, v in _weights(start).items())
 
-    again = run_meta(validate({**cfg, "resume": "auto"}))  # all done: the saved table, nothing retrained
+    path = tmp_path / "meta.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["meta", "--config", str(path), "--resume", "--json"]) == 0  # all done: nothing is retrained
+    again = json.loads(capsys.readouterr().out)
     assert _scores(again) == _scores(first) and again["meta_train_seconds"] == first["meta_train_seconds"]
     fresh = run_meta(validate({**changed, "output": {**cfg["output"], "overwrite": True}}))
     assert fresh["final_meta_loss"] != first["final_meta_loss"]
