@@ -733,5 +733,15 @@ def env_overrides() -> list[str]:
     return shlex.split(os.environ.get("TUNEFORGE_OVERRIDES", ""))
 
 
+def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys at which two nested dicts (e.g. config dumps) differ, sorted."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b)):
+            out += diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
 def dump_config(cfg: RunConfig, path: str | os.PathLike[str]) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")

@@ -22,7 +22,7 @@ import torch
 
 from tuneforge.adapters import describe_parameters
 from tuneforge.checkpoint import CheckpointManager, read_state
-from tuneforge.config import RunConfig, dump_config
+from tuneforge.config import RunConfig, diff_keys, dump_config
 from tuneforge.data import load_hub_split, make_loader, steps_per_epoch
 from tuneforge.errors import CheckpointError, ConfigError, DataError, DistributedError, TuneforgeError
 from tuneforge.loop import FitResult, RunContext, TrainState, evaluate, fit, total_training_steps
@@ -203,7 +203,7 @@ def check_rank_consistency(config: RunConfig, plugins: PluginManager, runtime: A
     reference = everyone[0]
     for rank, other in enumerate(everyone[1:], start=1):
         if other != reference:
-            diff = [key.removeprefix("config.") for key in _diff_keys(reference, other)]
+            diff = [key.removeprefix("config.") for key in diff_keys(reference, other)]
             raise DistributedError(
                 f"rank {rank} differs from rank 0 in: {', '.join(diff)}. Every rank must get the same "
                 "config file, overrides and installed plugins."
@@ -233,15 +233,6 @@ def resume_position(saved: dict[str, Any], world_size: int, batch_size: int, sou
         log.warning("resuming with a global micro-batch of %d samples (checkpoint: %d); steps after the resume "
                     "see a different batch size", world_size * batch_size, old_world * old_batch)
     return samples // (world_size * batch_size)
-
-
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: list[str] = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def setup_logging(is_main: bool) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from tuneforge.checkpoint import CheckpointManager, read_state
-from tuneforge.config import RunConfig
+from tuneforge.config import RunConfig, diff_keys
 from tuneforge.errors import CheckpointError, ConfigError
 from tuneforge.meta.loops import multitask_steps
 
@@ -50,12 +50,6 @@ class SavedMeta:
     phase: dict[str, Any] | None  # that phase's loop state (for meta_train / multitask)
     starts: dict[str, torch.Tensor]
     results: dict[str, Any]
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [key for k in sorted(set(a) | set(b)) for key in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 class MetaCheckpoints:
@@ -96,25 +90,23 @@ class MetaCheckpoints:
         ``resume=never`` clears old checkpoints. Every rank gets the same state."""
         manager, config = self.manager, self.config
         path = manager.resolve(config.resume)
-        state: dict[str, Any] | None = None
-        if path is not None:
-            state = read_state(path)
-            if state.get("kind") != "meta":
-                raise CheckpointError(f"resume: {path} is a training checkpoint, not one of a `tuneforge meta` run")
-            changed = _diff(state.get("settings"), self.settings)
-            if changed:
-                raise ConfigError(
-                    f"resume: {path} was written with other settings ({', '.join(changed)} differ); resume with "
-                    "the run's own config, or start over with output.overwrite=true or another output.dir"
-                )
-        if self.runtime.is_main:
-            if path is None and config.output.overwrite:
+        if path is None:
+            if self.runtime.is_main and config.output.overwrite:
                 shutil.rmtree(manager.root, ignore_errors=True)
-            elif path is not None:
-                manager.set_aside_after(int(state["step"]) if state else 0)
-        self.runtime.barrier()
-        if path is None or state is None:
+            self.runtime.barrier()
             return None
+        state = read_state(path)
+        if state.get("kind") != "meta":
+            raise CheckpointError(f"resume: {path} is a training checkpoint, not one of a `tuneforge meta` run")
+        changed = diff_keys(state.get("settings"), self.settings)
+        if changed:
+            raise ConfigError(
+                f"resume: {path} was written with other settings ({', '.join(changed)} differ); resume with "
+                "the run's own config, or start over with output.overwrite=true or another output.dir"
+            )
+        if self.runtime.is_main:
+            manager.set_aside_after(int(state["step"]))
+        self.runtime.barrier()
         blob = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
         log.info("resuming the meta run from %s (%s, run step %d)", path, state["phase"], state["step"])
         return SavedMeta(path, int(state["step"]), str(state["phase"]), blob["phase"], dict(blob["starts"]),

@@ -261,8 +261,6 @@ def _run_meta(plan: MetaPlan) -> dict[str, Any]:
                 done["final_meta_loss"] = meta_hist.steps[-1]["loss"]
             if runtime.is_main:
                 learner.export(run_dir / "meta_start", tokenizer, info)
-        elif "meta" not in starts:  # a run of zero meta-steps resumed later on
-            starts["meta"] = theta0
 
         if "multitask" in meta.eval.baselines and checkpoints.pending("multitask", saved):
             resume = saved.phase if saved is not None and saved.name == "multitask" else None
