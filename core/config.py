@@ -721,8 +721,13 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
     path = Path(path)
     raw = read_yaml(path)
     resolve_paths(raw, path.resolve().parent)
-    raw = apply_overrides(raw, [*(overrides or []), *env_overrides()])
-    return validate(raw, source=str(path))
+    return load_config_dict(raw, overrides, source=str(path))
+
+
+def load_config_dict(raw: dict[str, Any], overrides: list[str] | None = None, source: str = "config") -> RunConfig:
+    """A run config from a dict that is not a file (built by a command): the same overrides,
+    ``TUNEFORGE_OVERRIDES`` included, and validation as :func:`load_config`."""
+    return validate(apply_overrides(raw, [*(overrides or []), *env_overrides()]), source=source)
 
 
 def env_overrides() -> list[str]:

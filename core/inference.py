@@ -3,7 +3,7 @@
 A model is found either from a run directory (its ``config.yaml`` + ``model/``) or from a
 model directory plus a task name. Adapter runs (``model/adapter_config.json``) load the
 base model of the run's config and the saved adapter through the adapter plugin
-(:func:`tuneforge.run.load_trained_model`). Inference runs in one process, on the GPU
+(:func:`tuneforge.builders.load_trained_model`). Inference runs in one process, on the GPU
 when there is one, in batches, through the task's own ``encode``/``collate``/
 ``evaluation_step``, so it works for any task plugin.
 """
@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import sys
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from tuneforge.config import RunConfig, apply_overrides, read_yaml, validate
-from tuneforge.data import make_loader
-from tuneforge.distributed import to_numpy
+from tuneforge.builders import build_eval_loaders, build_plugins, load_trained_model
+from tuneforge.config import RunConfig, load_config, load_config_dict
 from tuneforge.errors import ConfigError
-from tuneforge.loop import _concat as concat_outputs
+from tuneforge.evaluation import collect_outputs
 from tuneforge.tasks import Task, score
 
 log = logging.getLogger("tuneforge")
@@ -50,6 +48,7 @@ def resolve_source(
     run: Path | None, model: Path | None, task: str | None, overrides: list[str]
 ) -> tuple[RunConfig, Path, Path | None]:
     """(config, model directory, run directory or None) from ``--run``/``--model``/``--task``."""
+    overrides = [*overrides, f"task.name={task}"] if task is not None else list(overrides)
     if run is not None:
         config_path = run / "config.yaml"
         if not config_path.is_file():
@@ -59,27 +58,20 @@ def resolve_source(
         if not model_dir.is_dir():
             raise ConfigError(f"run '{run}' has no exported model ({model_dir} is missing): it did not finish "
                               "or was trained with output.export=false")
-        raw, source, run_dir = read_yaml(config_path), str(config_path), run
-    else:
-        assert model is not None
-        if not model.is_dir():
-            raise ConfigError(f"--model '{model}' is not a directory; pass a Hugging Face model directory "
-                              "(for example a run's model/)")
-        model_dir = model
-        parent_config = model.parent / "config.yaml"
-        if task is None and parent_config.is_file():  # a run's model/ directory
-            raw, source, run_dir = read_yaml(parent_config), str(parent_config), model.parent
-        elif task is None:
-            raise ConfigError(f"--model '{model}' is not inside a run directory, so tuneforge cannot tell its task; "
-                              "pass --task NAME (see `tuneforge plugins`)")
-        else:
-            # A config for loading only: data.train is required by the schema but never read here.
-            raw = {"model": {"name_or_path": str(model)}, "task": {"name": task}, "data": {"train": str(model)}}
-            source, run_dir = "command line", None
-    if task is not None and run is not None:
-        raw.setdefault("task", {})["name"] = task
-    config = validate(apply_overrides(raw, overrides), source=source)
-    return config, model_dir, run_dir
+        return load_config(config_path, overrides), model_dir, run
+    assert model is not None
+    if not model.is_dir():
+        raise ConfigError(f"--model '{model}' is not a directory; pass a Hugging Face model directory "
+                          "(for example a run's model/)")
+    parent_config = model.parent / "config.yaml"
+    if task is None and parent_config.is_file():  # a run's model/ directory
+        return load_config(parent_config, overrides), model, model.parent
+    if task is None:
+        raise ConfigError(f"--model '{model}' is not inside a run directory, so tuneforge cannot tell its task; "
+                          "pass --task NAME (see `tuneforge plugins`)")
+    # A config for loading only: data.train is required by the schema but never read here.
+    raw = {"model": {"name_or_path": str(model)}, "task": {"name": task}, "data": {"train": str(model)}}
+    return load_config_dict(raw, overrides, source="command line"), model, None
 
 
 def quiet_transformers() -> None:
@@ -98,8 +90,6 @@ def load(
     plugins: Any = None,
 ) -> TrainedModel:
     """Load a trained model for inference (see :func:`resolve_source` for the arguments)."""
-    from tuneforge.run import build_plugins, load_trained_model
-
     config, model_dir, run_dir = resolve_source(run, model, task, list(overrides or []))
     pm = plugins or build_plugins(config)
     with pm.blaming():
@@ -125,29 +115,21 @@ def infer(
 def _infer(
     trained: TrainedModel, records: list[dict[str, Any]], split: str, batch_size: int | None
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    task, tokenizer, model = trained.task, trained.tokenizer, trained.model
+    task, tokenizer = trained.task, trained.tokenizer
     features = task.encode(records, tokenizer, split)
     if not features:
         return features, {}
-    size = batch_size or trained.config.eval_batch_size()
-    loader = make_loader(features, size, lambda feats: task.collate(feats, tokenizer), shuffle=False)
+    loader = build_eval_loaders(trained.config, task, tokenizer, {split: features}, batch_size)[split]
     bar = None
     if sys.stderr.isatty():
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(loader), desc=split, unit="batch", dynamic_ncols=True)
-    chunks: dict[str, list[np.ndarray]] = defaultdict(list)
-    model.eval()
-    with torch.no_grad():
-        for batch in loader:
-            batch = {k: v.to(trained.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            for key, value in to_numpy(task.evaluation_step(model, batch)).items():
-                chunks[key].append(value)
-            if bar is not None:
-                bar.update(1)
+    outputs = collect_outputs(trained.model, task, loader, device=trained.device,
+                              on_batch=(lambda: bar.update(1)) if bar is not None else None)
     if bar is not None:
         bar.close()
-    return features, {k: concat_outputs(v) for k, v in chunks.items()}
+    return features, outputs
 
 
 def compute_metrics(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,9 @@ import torch
 
 from tuneforge.checkpoint import CheckpointManager
 from tuneforge.config import RunConfig
-from tuneforge.distributed import Runtime, to_numpy
+from tuneforge.distributed import Runtime
 from tuneforge.errors import ConfigError, TrainingError, did_you_mean
+from tuneforge.evaluation import collect_outputs
 from tuneforge.plugin_manager import PluginManager
 from tuneforge.progress import Progress
 from tuneforge.tasks import Task, score
@@ -81,30 +81,10 @@ def total_training_steps(config: RunConfig, steps_per_epoch: int) -> int:
 
 def evaluate(run: RunContext, loader: Any, split: str) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Run the task's evaluation step over ``loader`` on all ranks; metrics on every rank."""
-    model, task = run.model, run.task
-    was_training = model.training
-    model.eval()
-    chunks: dict[str, list[np.ndarray]] = defaultdict(list)
-    with torch.no_grad():
-        for batch in loader:
-            out = run.runtime.gather_for_metrics(task.evaluation_step(model, batch))
-            for k, v in to_numpy(out).items():
-                chunks[k].append(v)
-    outputs = {k: _concat(v) for k, v in chunks.items()}
-    metrics = score(task, outputs, split, run.features[split], run.config.evaluation.extra_metrics, run.plugins.metrics)
-    model.train(was_training)
+    outputs = collect_outputs(run.model, run.task, loader, gather=run.runtime.gather_for_metrics)
+    metrics = score(run.task, outputs, split, run.features[split], run.config.evaluation.extra_metrics,
+                    run.plugins.metrics)
     return metrics, outputs
-
-
-def _concat(parts: list[np.ndarray]) -> np.ndarray:
-    """Concatenate along the batch dim, padding sequence dims with -100 to the widest."""
-    if parts[0].ndim > 1:
-        width = max(p.shape[1] for p in parts)
-        parts = [
-            np.pad(p, [(0, 0), (0, width - p.shape[1])] + [(0, 0)] * (p.ndim - 2), constant_values=-100)
-            for p in parts
-        ]
-    return np.concatenate(parts, axis=0)
 
 
 def fit(

@@ -129,6 +129,12 @@ class Task(ABC):
     def build_model(self, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
         """Build the model with this task's head (called after ``prepare``)."""
 
+    def build_encoder(self, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
+        """The model without its task head (what ``tuneforge meta`` adapts; called after
+        ``prepare``): by default the Hugging Face ``base_model`` of :meth:`build_model`."""
+        model = self.build_model(tokenizer)
+        return getattr(model, "base_model", model)
+
     # -- features -------------------------------------------------------------------
 
     @abstractmethod

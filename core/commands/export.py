@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from tuneforge.commands import stdout_kept_for_results
-from tuneforge.config import read_yaml, validate
+from tuneforge.config import load_config
 from tuneforge.errors import ConfigError
 
 log = logging.getLogger("tuneforge")
@@ -55,9 +55,9 @@ def export(run_dir: Path, output: Path | None = None, *, merge: bool = False, ov
         return output
 
     from tuneforge.adapters import describe_parameters
-    from tuneforge.run import load_trained_model
+    from tuneforge.builders import load_trained_model
 
-    config = validate(read_yaml(config_path), source=str(config_path))
+    config = load_config(config_path)
     task, tokenizer, model = load_trained_model(config, model_dir)
     merged = model.merge_and_unload()  # type: ignore[operator]
     output.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuneforge.run import preflight
+    from tuneforge.preflight import preflight
 
     config = load_config(args.config, args.overrides)
     plan = preflight(config, check_output=False)

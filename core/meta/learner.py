@@ -17,7 +17,7 @@ import contextlib
 import copy
 import json
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,12 +75,14 @@ class EpisodeLearner:
         pad_token_id: int = 0,
         device: torch.device | str = "cpu",
         embed_batch_size: int = 64,
+        autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     ) -> None:
         self.encoder = encoder.to(device).eval()  # dropout off: inner loops are deterministic
         self.store, self.learn, self.pooling = store, learn, pooling
         self.head_scale, self.pad_token_id = head_scale, pad_token_id
         self.device = torch.device(device)
         self.embed_batch_size = embed_batch_size
+        self.autocast = autocast  # the run's mixed precision (Runtime.autocast) around encoder passes
         self._cache: dict[int, torch.Tensor] = {}
         self._cut = 0
         if learn == "top_layers":
@@ -178,7 +180,7 @@ class EpisodeLearner:
         if self.learn != "top_layers":
             return
         todo = sorted({i for i in ids if i not in self._cache}, key=lambda i: len(self.store.input_ids[i]))
-        with torch.no_grad(), self._truncated(lower=True):
+        with torch.no_grad(), self._truncated(lower=True), self.autocast():
             for start in range(0, len(todo), self.embed_batch_size):
                 chunk = todo[start : start + self.embed_batch_size]
                 input_ids, mask = self._pad(chunk)
@@ -195,16 +197,17 @@ class EpisodeLearner:
     def _embed_batch(self, ids: Sequence[int]) -> torch.Tensor:
         input_ids, mask = self._pad(ids)
         if self.learn != "top_layers":
-            hidden = self.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
-            return self._pool(hidden, mask)
+            with self.autocast():
+                hidden = self.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            return self._pool(hidden.float(), mask)
         self.precompute(ids)
         states = torch.zeros((len(ids), input_ids.shape[1], self._cache[ids[0]].shape[-1]))
         for row, ex in enumerate(ids):
             cached = self._cache[ex]
             states[row, : cached.shape[0]] = cached.float()
-        with self._truncated(lower=False):
+        with self._truncated(lower=False), self.autocast():
             hidden = self.encoder(inputs_embeds=states.to(self.device), attention_mask=mask).last_hidden_state
-        return self._pool(hidden, mask)
+        return self._pool(hidden.float(), mask)
 
     def embed(self, ids: Sequence[int]) -> torch.Tensor:
         """Sentence embeddings of examples ``ids`` (with grad when parameters need it)."""

@@ -20,7 +20,7 @@ import torch
 
 from tuneforge.config import MetaConfig, MetaSourceTask, RunConfig, dump_config
 from tuneforge.data import record_origin
-from tuneforge.errors import ConfigError, DataError
+from tuneforge.errors import ConfigError, DataError, DistributedError
 from tuneforge.meta.algorithm import MetaAlgorithm
 from tuneforge.meta.checkpoints import MetaCheckpoints
 from tuneforge.meta.episodes import EpisodeSampler, LabelPool, mean_ci95, split_labels
@@ -30,7 +30,6 @@ from tuneforge.plugin_manager import PluginManager
 from tuneforge.tasks import Task
 
 log = logging.getLogger("tuneforge.meta")
-SPLITS = ("train", "validation", "test")
 
 
 @dataclass
@@ -47,26 +46,36 @@ class MetaPlan:
 
 
 def _task_for(config: RunConfig, pm: PluginManager, task_cfg: Any, where: str) -> Task:
-    cls = pm.tasks.get(task_cfg.name)
-    options = cls.parse_options(task_cfg.options(), source=where)
+    from tuneforge.builders import make_task
+
+    task = make_task(config, pm, task_cfg, source=where)
     for key in ("text_field", "label_field"):
-        if not hasattr(options, key):
+        if not hasattr(task.options, key):
             raise ConfigError(
                 f"{where}: task '{task_cfg.name}' has no '{key}' option; meta-learning needs a text "
                 "classification task (e.g. task.name: classification)"
             )
-    if getattr(options, "text_pair_field", None):
+    if getattr(task.options, "text_pair_field", None):
         raise ConfigError(f"{where}: text pairs (text_pair_field) are not supported by meta-learning yet")
-    return cls(options, config)
+    return task
 
 
 def preflight_meta(config: RunConfig, plugins: PluginManager | None = None, *, check_output: bool = True) -> MetaPlan:
     """Check the algorithm, tasks, adapter, data files and output dir; no model is loaded."""
-    from tuneforge.run import build_plugins, check_output_dir
+    from tuneforge.builders import build_plugins, make_adapter
+    from tuneforge.distributed import resolve_strategy
+    from tuneforge.preflight import check_output_dir, read_data_files
 
     meta = config.meta
     if meta is None:
         raise ConfigError("`tuneforge meta` needs a meta: section (see docs/meta-learning.md)")
+    strategy = resolve_strategy(config)
+    if strategy.kind == "deepspeed":
+        raise DistributedError(
+            "`tuneforge meta` averages the meta-gradients over ranks itself and keeps a full copy of the "
+            "encoder on each; DeepSpeed ZeRO is not supported for it. Launch it on one process or with "
+            "DDP ranks (accelerate launch --multi_gpu / torchrun), without --use_deepspeed"
+        )
     pm = plugins or build_plugins(config)
     pm.build_registries()
     plan = MetaPlan(config, meta, pm, pm.meta_algorithms.get(meta.algorithm),
@@ -79,17 +88,14 @@ def preflight_meta(config: RunConfig, plugins: PluginManager | None = None, *, c
             if spec.data.train is None:
                 raise ConfigError(f"{where}: data.train is required")
             plan.listed[group].append((spec, _task_for(sub, pm, spec.task, where)))
-    datas = [config.data] + [spec.data for specs in plan.listed.values() for spec, _ in specs]
-    for data in datas:
-        for split in SPLITS:
-            path = getattr(data, split)
-            if path is not None and not Path(path).exists():
-                raise DataError(f"data.{split}: file '{path}' does not exist")
+    read_data_files(config, plan.main_task)  # a malformed line fails here, before any model loads
+    for specs in plan.listed.values():
+        for spec, task in specs:
+            read_data_files(config.model_copy(update={"task": spec.task, "data": spec.data}), task)
     if meta.learn == "adapter":
         if config.adapter is None:
             raise ConfigError("meta.learn=adapter needs an adapter: section (e.g. adapter: {type: lora})")
-        adapter_cls = pm.adapters.get(config.adapter.type)
-        plan.adapter = adapter_cls(adapter_cls.parse_options(config.adapter.options(), config.source), config)
+        plan.adapter = make_adapter(config, pm)
         plan.adapter.preflight()
     elif config.adapter is not None:
         raise ConfigError(f"an adapter: section is set but meta.learn={meta.learn}; set meta.learn: adapter")
@@ -104,7 +110,7 @@ def preflight_meta(config: RunConfig, plugins: PluginManager | None = None, *, c
 def _pool(name: str, task: Task, config: RunConfig, store: ExampleStore, seed: int) -> LabelPool:
     import random
 
-    from tuneforge.run import load_records
+    from tuneforge.builders import load_records
 
     records = [r for split in load_records(config, task).values() for r in split]
     cap = config.meta.max_examples_per_label if config.meta else None
@@ -158,182 +164,272 @@ def run_meta(config: RunConfig, plugins: PluginManager | None = None) -> dict[st
 
 
 def _run_meta(plan: MetaPlan) -> dict[str, Any]:
-    from transformers import AutoModel
-
-    from tuneforge.distributed import Runtime
-    from tuneforge.run import check_rank_consistency, setup_logging
-    from tuneforge.tracking import Trackers
-
-    config = plan.config
-    meta = plan.meta
-    runtime = Runtime(config)
-    setup_logging(runtime.is_main)
-    check_rank_consistency(config, plan.plugins, runtime)
-    seed = meta.seed if meta.seed is not None else config.training.seed
-    run_dir = Path(config.output.dir)
-    started = time.perf_counter()
-
-    store = ExampleStore()
-    pools, split_info = build_collection(plan, store, seed)
-    train_sampler = EpisodeSampler(pools["train"], meta.ways, meta.shots, meta.query, seed, where="meta-train")
-    val_sampler = (EpisodeSampler(pools["val"], meta.ways, meta.shots, meta.query, seed + 1, where="meta-val")
-                   if pools["val"] and meta.val_episodes else None)
-    test_samplers = {
-        (w, k): EpisodeSampler(pools["test"], w, k, meta.eval.query, seed + 2, where=f"meta-test {_setting(w, k)}")
-        for w in meta.eval.ways for k in meta.eval.shots
-    }
-    if runtime.is_main:
-        dump_config(config, run_dir / "config.yaml")
-        (run_dir / "splits.json").write_text(json.dumps(split_info, indent=2), encoding="utf-8")
-
-    task = plan.main_task
-    tokenizer = task.load_tokenizer()
-    store.tokenize(tokenizer, config.data.max_length)
-    if plan.adapter is not None:
-        task.extra_model_kwargs.update(plan.adapter.model_kwargs())
-    encoder = AutoModel.from_pretrained(task.model_path(), **task.pretrained_kwargs())
-    if plan.adapter is not None:
-        encoder = plan.adapter.apply(encoder, task)
-    learner = EpisodeLearner(encoder, store, learn=meta.learn, top_layers=meta.top_layers, pooling=meta.pooling,
-                             head_scale=meta.head_scale, pad_token_id=tokenizer.pad_token_id or 0,
-                             device=runtime.device)
-    if meta.learn == "top_layers":
-        t0 = time.perf_counter()
-        learner.precompute(range(len(store)))
-        log.info("cached lower-layer states of %d examples in %.1fs", len(store), time.perf_counter() - t0)
-    checkpoints = MetaCheckpoints(config, runtime)
-    saved = checkpoints.restore()
-    trackers = Trackers([cls(run_dir, config.model_dump(mode="json"))
-                         for cls in (plan.plugins.trackers.get(n) for n in config.trackers)] if runtime.is_main else [])
-    if saved is not None:
-        trackers.resume(saved.step)
-    log.info("meta: %d examples, labels train/val/test = %s; %d meta-learned parameters (learn=%s)", len(store),
-             "/".join(str(sum(len(p.labels) for p in pools[k])) for k in ("train", "val", "test")),
-             learner.num_parameters, meta.learn)
-
-    def score_val(step: int, named_starts: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Meta-val accuracy of each start, logged as one line."""
-        assert val_sampler is not None
-        line, accuracies = {}, {}
-        for name, start in named_starts.items():
-            summary = meta_test(learner, start, val_sampler, meta.val_episodes, steps=meta.inner_steps,
-                                lr=meta.inner_lr, optimizer=meta.inner_optimizer, runtime=runtime, seed=seed).summary()
-            line.update({f"{name}_accuracy": summary["accuracy"], f"{name}_ci95": summary["ci95"]})
-            accuracies[name] = summary["accuracy"]
-        trackers.log_metrics(step, line, "meta_val")
-        return accuracies
-
-    every = config.training.log_every_n_steps
-
-    def log_meta(step: int, metrics: dict[str, float]) -> None:
-        if step % every == 0 or step == meta.meta_steps:
-            trackers.log_metrics(step, metrics, "meta_train")
-            log.info("meta step %d/%d loss=%.4f", step, meta.meta_steps, metrics["loss"])
-        if val_sampler is not None and meta.val_every and step % meta.val_every == 0 and step < meta.meta_steps:
-            score_val(step, {"meta": learner.flat()})
-
+    meta_run = MetaRun(plan)
     status = "failed"
     try:
-        theta0 = learner.flat()
+        results = meta_run.run()
+        status = "completed"
+        return results
+    except BaseException as exc:
+        plan.plugins.call("tf_on_exception", run=meta_run.context, exc=exc)
+        raise
+    finally:
+        meta_run.trackers.finish(status)
+        meta_run.runtime.end()
+
+
+class MetaRun:
+    """One meta run, phase by phase: meta-training, the multi-task baseline, meta-val and the
+    meta-test table. Observer plugins see it through the same hooks as a training run: a
+    :class:`~tuneforge.loop.RunContext` whose ``model`` is the encoder, ``tf_on_step_end`` per
+    meta (or multi-task) step, ``tf_on_evaluate`` with split ``meta_val``/``meta_test``,
+    ``tf_on_checkpoint``, ``tf_on_fit_end`` and ``tf_on_exception``."""
+
+    def __init__(self, plan: MetaPlan) -> None:
+        from tuneforge.builders import load_records, setup_logging
+        from tuneforge.distributed import Runtime
+        from tuneforge.loop import RunContext, TrainState
+        from tuneforge.resume import check_rank_consistency
+        from tuneforge.tracking import Trackers
+
+        self.plan, self.config, self.meta = plan, plan.config, plan.meta
+        config, meta = self.config, self.meta
+        self.runtime = runtime = Runtime(config)
+        setup_logging(runtime.is_main)
+        check_rank_consistency(config, plan.plugins, runtime)
+        self.seed = meta.seed if meta.seed is not None else config.training.seed
+        self.run_dir = Path(config.output.dir)
+        self.started = time.perf_counter()
+        self.store = ExampleStore()
+        self.pools, split_info = build_collection(plan, self.store, self.seed)
+        self._samplers()
+        if runtime.is_main:
+            dump_config(config, self.run_dir / "config.yaml")
+            (self.run_dir / "splits.json").write_text(json.dumps(split_info, indent=2), encoding="utf-8")
+
+        task = plan.main_task
+        self.tokenizer = task.load_tokenizer()
+        self.store.tokenize(self.tokenizer, config.data.max_length)
+        encoder = self._build_encoder()
+        if plan.adapter is not None:
+            encoder = plan.adapter.apply(encoder, task)
+        self.learner = EpisodeLearner(
+            encoder, self.store, learn=meta.learn, top_layers=meta.top_layers, pooling=meta.pooling,
+            head_scale=meta.head_scale, pad_token_id=self.tokenizer.pad_token_id or 0, device=runtime.device,
+            autocast=runtime.autocast)
+        if meta.learn == "top_layers":
+            t0 = time.perf_counter()
+            self.learner.precompute(range(len(self.store)))
+            log.info("cached lower-layer states of %d examples in %.1fs", len(self.store), time.perf_counter() - t0)
+        self.checkpoints = MetaCheckpoints(config, runtime)
+        self.saved = self.checkpoints.restore()
+        self.trackers = Trackers([cls(self.run_dir, config.model_dump(mode="json"))
+                                  for cls in (plan.plugins.trackers.get(n) for n in config.trackers)]
+                                 if runtime.is_main else [])
+        if self.saved is not None:
+            self.trackers.resume(self.saved.step)
+        self.context = RunContext(config, self.run_dir, runtime, plan.plugins, task, encoder, self.tokenizer,
+                                  TrainState(step=self.saved.step if self.saved else 0,
+                                             world_size=runtime.num_processes),
+                                  self.trackers, self.checkpoints.manager)
+        log.info("meta: %d examples, labels train/val/test = %s; %d meta-learned parameters (learn=%s)",
+                 len(self.store), "/".join(str(sum(len(p.labels) for p in self.pools[k])) for k in ("train", "val", "test")),
+                 self.learner.num_parameters, meta.learn)
+
+    def _build_encoder(self) -> torch.nn.Module:
+        """The encoder of the task's model (``Task.build_encoder``): the main task's, prepared on
+        its training data, or with a listed collection (no ``data.train``) the first meta-train task's."""
+        from tuneforge.builders import load_records
+
+        task, config = self.plan.main_task, self.config
+        if config.data.train is None and self.plan.listed.get("tasks"):
+            spec, task = self.plan.listed["tasks"][0]
+            config = config.model_copy(update={"task": spec.task, "data": spec.data})
+        task.prepare(load_records(config, task)["train"])
+        if self.plan.adapter is not None:
+            task.extra_model_kwargs.update(self.plan.adapter.model_kwargs())
+        with torch.random.fork_rng():  # a task head built and dropped here does not shift the run's seeds
+            return task.build_encoder(self.tokenizer)
+
+    def _samplers(self) -> None:
+        meta, seed, pools = self.meta, self.seed, self.pools
+        self.train_sampler = EpisodeSampler(pools["train"], meta.ways, meta.shots, meta.query, seed, where="meta-train")
+        self.val_sampler = (EpisodeSampler(pools["val"], meta.ways, meta.shots, meta.query, seed + 1, where="meta-val")
+                            if pools["val"] and meta.val_episodes else None)
+        self.test_samplers = {
+            (w, k): EpisodeSampler(pools["test"], w, k, meta.eval.query, seed + 2, where=f"meta-test {_setting(w, k)}")
+            for w in meta.eval.ways for k in meta.eval.shots
+        }
+
+    # -- what observers see -------------------------------------------------------------
+
+    def _step_end(self, step: int, metrics: dict[str, float]) -> None:
+        self.context.state.step = step
+        self.plugins.call("tf_on_step_end", run=self.context, step=step, metrics=metrics)
+
+    def _evaluated(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        self.plugins.call("tf_on_evaluate", run=self.context, step=step, split=split, metrics=metrics)
+
+    def _save(self, phase: str, step: int, state: dict[str, Any], starts: dict[str, torch.Tensor],
+              results: dict[str, Any]) -> Path:
+        path = self.checkpoints.save(phase, step, state, starts, results)
+        self.plugins.call("tf_on_checkpoint", run=self.context, step=self.checkpoints.offset(phase) + step, path=path)
+        return path
+
+    @property
+    def plugins(self) -> PluginManager:
+        return self.plan.plugins
+
+    # -- the phases -----------------------------------------------------------------------
+
+    def score_val(self, step: int, named_starts: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Meta-val accuracy of each start, logged as one line."""
+        meta = self.meta
+        assert self.val_sampler is not None
+        line, accuracies = {}, {}
+        for name, start in named_starts.items():
+            summary = meta_test(self.learner, start, self.val_sampler, meta.val_episodes, steps=meta.inner_steps,
+                                lr=meta.inner_lr, optimizer=meta.inner_optimizer, runtime=self.runtime,
+                                seed=self.seed).summary()
+            line.update({f"{name}_accuracy": summary["accuracy"], f"{name}_ci95": summary["ci95"]})
+            accuracies[name] = summary["accuracy"]
+        self.trackers.log_metrics(step, line, "meta_val")
+        self._evaluated(step, "meta_val", line)
+        return accuracies
+
+    def run(self) -> dict[str, Any]:
+        meta, saved = self.meta, self.saved
+        self.plugins.call("tf_on_fit_start", run=self.context)
+        theta0 = self.learner.flat()
         starts: dict[str, torch.Tensor] = {"pretrained": theta0}
         done: dict[str, Any] = {}  # results of the finished phases
         if saved is not None:
             starts.update(saved.starts)
             done.update(saved.results)
         info = {"algorithm": meta.algorithm, "learn": meta.learn, "meta_steps": meta.meta_steps,
-                "base_model": config.model.name_or_path, "splits": "splits.json"}
-
-        if checkpoints.pending("meta_train", saved):
-            resume = saved.phase if saved is not None and saved.name == "meta_train" else None
-            if resume is not None:
-                log.info("resuming meta-training after meta step %d of %d", resume["step"], meta.meta_steps)
-            t_meta = time.perf_counter()
-            meta_hist = meta_train(
-                learner, plan.algorithm_cls(meta), train_sampler, meta, runtime, seed=seed, on_step=log_meta,
-                resume=resume, checkpoint_every=checkpoints.every(meta.meta_steps),
-                checkpoint=lambda step, state: checkpoints.save("meta_train", step, state, starts, {
-                    **done, "meta_train_seconds": done.get("meta_train_seconds", 0.0) + time.perf_counter() - t_meta,
-                    "final_meta_loss": state["loss"]}),
-            )
-            starts["meta"] = learner.flat()
-            done["meta_train_seconds"] = round(done.get("meta_train_seconds", 0.0) + meta_hist.seconds, 2)
-            if meta_hist.steps:
-                done["final_meta_loss"] = meta_hist.steps[-1]["loss"]
-            if runtime.is_main:
-                learner.export(run_dir / "meta_start", tokenizer, info)
-
-        if "multitask" in meta.eval.baselines and checkpoints.pending("multitask", saved):
-            resume = saved.phase if saved is not None and saved.name == "multitask" else None
-            learner.load_flat(theta0)
-            offset = checkpoints.offset("multitask")
-
-            def log_mt(step: int, metrics: dict[str, float]) -> None:
-                if step % every == 0:
-                    trackers.log_metrics(offset + step, metrics, "multitask_train")
-
-            t_mt = time.perf_counter()
-            mt_hist = multitask_train(
-                learner, pools["train"], meta, runtime, seed=seed, on_step=log_mt, resume=resume,
-                checkpoint_every=checkpoints.every(multitask_steps(meta)),
-                checkpoint=lambda step, state: checkpoints.save("multitask", step, state, starts, {
-                    **done, "multitask_train_seconds":
-                    done.get("multitask_train_seconds", 0.0) + time.perf_counter() - t_mt}),
-            )
-            starts["multitask"] = learner.flat()
-            done["multitask_train_seconds"] = round(done.get("multitask_train_seconds", 0.0) + mt_hist.seconds, 2)
-            if runtime.is_main:
-                learner.export(run_dir / "multitask_start", tokenizer, {**info, "algorithm": "multitask"})
+                "base_model": self.config.model.name_or_path, "splits": "splits.json"}
+        if self.checkpoints.pending("meta_train", saved):
+            self.train_meta(starts, done, info)
+        if "multitask" in meta.eval.baselines and self.checkpoints.pending("multitask", saved):
+            self.learner.load_flat(theta0)
+            self.train_multitask(starts, done, info)
         names = ["meta"] + [b for b in ("pretrained", "multitask") if b in meta.eval.baselines]
+        table = self.evaluate(starts, done, names)
+        results = self.results(done, table)
+        if self.runtime.is_main:
+            (self.run_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+        from tuneforge.loop import FitResult
 
-        eval_step = checkpoints.offset("evaluate")
-        if val_sampler is not None and "meta_val" not in done:
-            done["meta_val"] = score_val(eval_step, {name: starts[name] for name in names})
-            checkpoints.save("evaluate", 0, {}, starts, done)
+        self.plugins.call("tf_on_fit_end", run=self.context, result=FitResult(
+            self.context.state, self.checkpoints.offset("evaluate") + len(self.test_samplers), "completed",
+            done.get("meta_val") or {}, None, float(results["wall_seconds"])))
+        return results
+
+    def train_meta(self, starts: dict[str, torch.Tensor], done: dict[str, Any], info: dict[str, Any]) -> None:
+        meta, saved, every = self.meta, self.saved, self.config.training.log_every_n_steps
+        resume = saved.phase if saved is not None and saved.name == "meta_train" else None
+        if resume is not None:
+            log.info("resuming meta-training after meta step %d of %d", resume["step"], meta.meta_steps)
+
+        def log_meta(step: int, metrics: dict[str, float]) -> None:
+            if step % every == 0 or step == meta.meta_steps:
+                self.trackers.log_metrics(step, metrics, "meta_train")
+                log.info("meta step %d/%d loss=%.4f", step, meta.meta_steps, metrics["loss"])
+            self._step_end(step, metrics)
+            if self.val_sampler is not None and meta.val_every and step % meta.val_every == 0 and step < meta.meta_steps:
+                self.score_val(step, {"meta": self.learner.flat()})
+
+        t_meta = time.perf_counter()
+        meta_hist = meta_train(
+            self.learner, self.plan.algorithm_cls(meta), self.train_sampler, meta, self.runtime, seed=self.seed,
+            on_step=log_meta, resume=resume, checkpoint_every=self.checkpoints.every(meta.meta_steps),
+            checkpoint=lambda step, state: self._save("meta_train", step, state, starts, {
+                **done, "meta_train_seconds": done.get("meta_train_seconds", 0.0) + time.perf_counter() - t_meta,
+                "final_meta_loss": state["loss"]}),
+        )
+        starts["meta"] = self.learner.flat()
+        done["meta_train_seconds"] = round(done.get("meta_train_seconds", 0.0) + meta_hist.seconds, 2)
+        if meta_hist.steps:
+            done["final_meta_loss"] = meta_hist.steps[-1]["loss"]
+        if self.runtime.is_main:
+            self.learner.export(self.run_dir / "meta_start", self.tokenizer, info)
+
+    def train_multitask(self, starts: dict[str, torch.Tensor], done: dict[str, Any], info: dict[str, Any]) -> None:
+        meta, saved, every = self.meta, self.saved, self.config.training.log_every_n_steps
+        resume = saved.phase if saved is not None and saved.name == "multitask" else None
+        offset = self.checkpoints.offset("multitask")
+
+        def log_mt(step: int, metrics: dict[str, float]) -> None:
+            if step % every == 0:
+                self.trackers.log_metrics(offset + step, metrics, "multitask_train")
+            self._step_end(offset + step, metrics)
+
+        t_mt = time.perf_counter()
+        mt_hist = multitask_train(
+            self.learner, self.pools["train"], meta, self.runtime, seed=self.seed, on_step=log_mt, resume=resume,
+            checkpoint_every=self.checkpoints.every(multitask_steps(meta)),
+            checkpoint=lambda step, state: self._save("multitask", step, state, starts, {
+                **done, "multitask_train_seconds":
+                done.get("multitask_train_seconds", 0.0) + time.perf_counter() - t_mt}),
+        )
+        starts["multitask"] = self.learner.flat()
+        done["multitask_train_seconds"] = round(done.get("multitask_train_seconds", 0.0) + mt_hist.seconds, 2)
+        if self.runtime.is_main:
+            self.learner.export(self.run_dir / "multitask_start", self.tokenizer, {**info, "algorithm": "multitask"})
+
+    def evaluate(self, starts: dict[str, torch.Tensor], done: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        """Meta-val (once) and each meta-test setting, checkpointed after each."""
+        meta = self.meta
+        eval_step = self.checkpoints.offset("evaluate")
+        if self.val_sampler is not None and "meta_val" not in done:
+            done["meta_val"] = self.score_val(eval_step, {name: starts[name] for name in names})
+            self._save("evaluate", 0, {}, starts, done)
         steps = meta.eval.steps if meta.eval.steps is not None else meta.inner_steps
         lr = meta.eval.lr or meta.inner_lr
         table: dict[str, Any] = done.setdefault("meta_test", {})
-        for i, ((ways, shots), sampler) in enumerate(test_samplers.items(), start=1):
+        for i, ((ways, shots), sampler) in enumerate(self.test_samplers.items(), start=1):
             setting = _setting(ways, shots)
             if setting in table:
                 continue
             row: dict[str, Any] = {}
             scores: dict[str, EpisodeScores] = {}
             for name in names:
-                scores[name] = meta_test(learner, starts[name], sampler, meta.eval.episodes, steps=steps, lr=lr,
+                scores[name] = meta_test(self.learner, starts[name], sampler, meta.eval.episodes, steps=steps, lr=lr,
                                          optimizer=meta.inner_optimizer, batch_size=meta.eval.batch_size,
-                                         runtime=runtime, seed=seed)
+                                         runtime=self.runtime, seed=self.seed)
                 row[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in scores[name].summary().items()}
                 row[name]["seconds"] = round(scores[name].seconds, 2)
             for base in names[1:]:
                 diff, ci = mean_ci95([a - b for a, b in zip(scores["meta"].accuracies, scores[base].accuracies)])
                 row[f"meta_minus_{base}"] = {"accuracy": round(diff, 4), "ci95": round(ci, 4)}
             table[setting] = row
-            trackers.log_metrics(eval_step + i, {f"{setting} {n}": row[n]["accuracy"] for n in names}, "meta_test")
+            line = {f"{setting} {n}": row[n]["accuracy"] for n in names}
+            self.trackers.log_metrics(eval_step + i, line, "meta_test")
+            self._evaluated(eval_step + i, "meta_test", line)
             log.info("%s: %s", setting, "  ".join(f"{n} {row[n]['accuracy']:.3f}±{row[n]['ci95']:.3f}" for n in names))
-            checkpoints.save("evaluate", i, {}, starts, done)
+            self.context.state.step = eval_step + i
+            self._save("evaluate", i, {}, starts, done)
+        return table
 
+    def results(self, done: dict[str, Any], table: dict[str, Any]) -> dict[str, Any]:
+        meta = self.meta
         results: dict[str, Any] = {
             "status": "completed", "algorithm": meta.algorithm, "learn": meta.learn,
             "meta_train_seconds": done.get("meta_train_seconds"),
             "multitask_train_seconds": done.get("multitask_train_seconds"),
-            "meta_start": str(run_dir / "meta_start"), "world_size": runtime.num_processes,
+            "meta_start": str(self.run_dir / "meta_start"), "world_size": self.runtime.num_processes,
             "final_meta_loss": done.get("final_meta_loss"),
         }
         if "meta_val" in done:
             results["meta_val"] = done["meta_val"]
-        results["meta_test"] = {_setting(w, k): table[_setting(w, k)] for w, k in test_samplers}
-        results["fine_tune"] = {"steps": steps, "lr": lr, "optimizer": meta.inner_optimizer,
+        results["meta_test"] = {_setting(w, k): table[_setting(w, k)] for w, k in self.test_samplers}
+        results["fine_tune"] = {"steps": meta.eval.steps if meta.eval.steps is not None else meta.inner_steps,
+                                "lr": meta.eval.lr or meta.inner_lr, "optimizer": meta.inner_optimizer,
                                 "episodes": meta.eval.episodes, "query_per_class": meta.eval.query}
-        if saved is not None:
-            results["resumed_from"] = str(saved.path)
-        results["wall_seconds"] = round(time.perf_counter() - started, 2)
-        if runtime.is_main:
-            (run_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-        status = "completed"
+        if self.saved is not None:
+            results["resumed_from"] = str(self.saved.path)
+        results["wall_seconds"] = round(time.perf_counter() - self.started, 2)
         return results
-    finally:
-        trackers.finish(status)
-        runtime.end()
 
 
 def format_table(results: dict[str, Any]) -> str:
