@@ -147,3 +147,30 @@ def test_adapter_mode_meta_learns_lora_and_exports_merged(tiny_meta_config: dict
     assert not torch.equal(exported[query], base[query])  # the LoRA update reached the merged weights
     key = "embeddings.word_embeddings.weight"
     assert torch.equal(exported[key], base[key])  # frozen base weights untouched
+
+
+def test_meta_run_fires_the_observer_hooks(tiny_meta_config: dict[str, Any], tf_hook_recorder: Any) -> None:
+    from tuneforge.plugin_manager import PluginManager
+
+    config = validate(tiny_meta_config)
+    pm = PluginManager.default()
+    pm.register(tf_hook_recorder, name="recorder")
+    results = run_meta(config, pm)
+    names = tf_hook_recorder.names()
+    assert names[0] == "tf_on_fit_start" and names[-1] == "tf_on_fit_end"
+    meta_steps = [kw["step"] for name, kw in tf_hook_recorder.calls if name == "tf_on_step_end"]
+    assert meta_steps[: config.meta.meta_steps] == list(range(1, config.meta.meta_steps + 1))
+    splits = {kw["split"] for name, kw in tf_hook_recorder.calls if name == "tf_on_evaluate"}
+    assert splits == {"meta_val", "meta_test"}
+    checkpoints = [kw["path"] for name, kw in tf_hook_recorder.calls if name == "tf_on_checkpoint"]
+    assert checkpoints and all(Path(p).is_dir() for p in checkpoints[-1:])
+    assert "tf_on_exception" not in names and results["status"] == "completed"
+
+
+def test_meta_refuses_deepspeed_before_loading(tiny_meta_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuneforge.errors import DistributedError
+    from tuneforge.meta.run import preflight_meta
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(DistributedError, match="DeepSpeed ZeRO is not supported"):
+        preflight_meta(validate(tiny_meta_config), check_output=False)
