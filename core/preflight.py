@@ -77,9 +77,7 @@ def preflight(config: RunConfig, plugins: PluginManager | None = None, *, check_
 
 def has_evaluation(config: RunConfig) -> bool:
     """Whether the run evaluates on validation data during training."""
-    d = config.data
-    has_data = d.validation is not None or d.validation_fraction is not None or d.hf_dataset is not None
-    return has_data and config.evaluation.strategy != "no"
+    return config.data.has_validation and config.evaluation.strategy != "no"
 
 
 def read_data_files(config: RunConfig, task: Task) -> dict[str, list[dict[str, Any]]]:

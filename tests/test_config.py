@@ -1,5 +1,7 @@
 """Config loading, validation messages and overrides."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -163,3 +165,34 @@ def test_yaml_no_means_the_option_not_false(tmp_path):
     assert "strategy: no" in path.read_text()
     cfg = load_config(path, ["training.mixed_precision=no"])
     assert cfg.evaluation.strategy == "no" and cfg.training.mixed_precision == "no"
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "from tuneforge.config import RunConfig",
+        "from tuneforge.config.schema import RunConfig",
+        "from tuneforge.search.config import SearchConfig",
+        "from tuneforge.meta.config import MetaConfig",
+        "from tuneforge.search import SearchSpace",
+        "from tuneforge.meta import Episode",
+    ],
+)
+def test_the_schema_imports_first_from_any_side_without_torch(statement):
+    # The meta:/search: sections live in their packages and RunConfig holds them: whichever module a
+    # process imports first, there is no import cycle, and the schema stays free of torch.
+    code = f"{statement}; import sys; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+def test_every_exported_name_resolves():
+    import tuneforge.config as config
+    from tuneforge.meta.config import MetaConfig
+    from tuneforge.search.config import SearchConfig
+
+    assert all(getattr(config, name) is not None for name in config.__all__)
+    assert config.MetaConfig is MetaConfig and config.SearchConfig is SearchConfig
+    with pytest.raises(AttributeError, match="no attribute '_get'"):
+        _ = config._get

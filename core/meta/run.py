@@ -186,7 +186,7 @@ class MetaRun:
     ``tf_on_checkpoint``, ``tf_on_fit_end`` and ``tf_on_exception``."""
 
     def __init__(self, plan: MetaPlan) -> None:
-        from tuneforge.builders import load_records, setup_logging
+        from tuneforge.builders import setup_logging
         from tuneforge.distributed import Runtime
         from tuneforge.loop import RunContext, TrainState
         from tuneforge.resume import check_rank_consistency

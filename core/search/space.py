@@ -17,8 +17,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneforge.config import RunConfig, SearchConfig, SearchParam, _get, _set, config_key_problem
+from tuneforge.config import RunConfig, config_key_problem
+from tuneforge.dotted import get_dotted, set_dotted
 from tuneforge.errors import ConfigError, TuneforgeError
+from tuneforge.search.config import SearchConfig, SearchParam
 
 #: Keys the search itself sets for every trial; searching them makes no sense.
 RESERVED_KEYS = ("output.dir", "output.overwrite", "resume")
@@ -141,7 +143,7 @@ class SearchSpace:
     def active(self, param: Param, values: dict[str, Any], base: dict[str, Any]) -> bool:
         """Whether ``param``'s conditions hold for the values sampled so far (or the base config)."""
         for key, wanted in param.when.items():
-            actual = values[key] if key in values else _get(base, key)
+            actual = values[key] if key in values else get_dotted(base, key)
             if not _matches(actual, wanted):
                 return False
         return True
@@ -191,7 +193,7 @@ def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
     """A copy of the raw config ``base`` with the dotted ``params`` set."""
     raw = copy.deepcopy(base)
     for key, value in params.items():
-        _set(raw, key, value)
+        set_dotted(raw, key, value)
     return raw
 
 

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from tuneforge.dotted import get_dotted
 from tuneforge.hookspecs import hookimpl
 from tuneforge.search.objective import EVALUATIONS, INFO, STATUS
 
@@ -131,10 +132,8 @@ class TrialReporter:
     def tf_on_fit_start(self, run: Any) -> None:
         self.fit_start = time.time()
         # Every rank records the searched values it actually trains with (rank-consistency evidence).
-        from tuneforge.config import _get
-
         resolved = run.config.model_dump(mode="json")
-        seen = {key: _get(resolved, key) for key in self.spec.get("params", {})}
+        seen = {key: get_dotted(resolved, key) for key in self.spec.get("params", {})}
         rank = run.runtime.process_index
         (self.run_dir / f"trial_rank{rank}.json").write_text(
             json.dumps({"rank": rank, "world_size": run.runtime.num_processes, "params": seen}), encoding="utf-8")
