@@ -1,22 +1,24 @@
-"""Built-in hyperparameter search strategies.
-
-Optuna samplers (random, grid, tpe, gp, cmaes, nsga2, sobol), a REINFORCE policy
-controller, and population-based training. Each is a
-:class:`tuneforge.search.SearchStrategy` registered under its name; a third-party
-package registers its own exactly the same way (docs/search.md).
-"""
+"""The strategies that are an Optuna sampler: random, grid, tpe, gp, cmaes, nsga2, sobol."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field
 
-from tuneforge import hookimpl
 from tuneforge.errors import ConfigError
 from tuneforge.search import SearchStrategy, StrategyOptions
-from tuneforge.search.pbt import PbtOptions, check_pbt_space, run_pbt
+
+
+def quiet(make: Callable[..., Any], **kwargs: Any) -> Any:
+    """``make(**kwargs)`` without Optuna's ExperimentalWarning (TPE's grouping, the QMC sampler)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return make(**kwargs)
 
 
 class RandomStrategy(SearchStrategy):
@@ -73,12 +75,8 @@ class TpeStrategy(SearchStrategy):
         import optuna
 
         o = self.options
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(
-                seed=self.seed, n_startup_trials=o.n_startup_trials, multivariate=o.multivariate,
-                group=o.multivariate, constant_liar=o.constant_liar,
-            )
+        return quiet(optuna.samplers.TPESampler, seed=self.seed, n_startup_trials=o.n_startup_trials,
+                     multivariate=o.multivariate, group=o.multivariate, constant_liar=o.constant_liar)
 
 
 class StartupOptions(StrategyOptions):
@@ -159,60 +157,5 @@ class SobolStrategy(SearchStrategy):
     def sampler(self) -> Any:
         import optuna
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.QMCSampler(qmc_type=self.options.qmc_type, scramble=self.options.scramble,
-                                              seed=self.seed, warn_independent_sampling=False)
-
-
-# -- REINFORCE ------------------------------------------------------------------------------
-
-
-class ReinforceOptions(StrategyOptions):
-    learning_rate: float = Field(0.3, gt=0, description="Policy-gradient step size (advantages are normalised).")
-    baseline_decay: float = Field(0.8, ge=0, lt=1, description="Moving-average reward baseline decay.")
-    init_std: float = Field(0.3, gt=0, le=1, description="Initial std of numeric parameters (on a [0, 1] scale).")
-    min_std: float = Field(0.05, gt=0, le=1, description="Floor of that std, so the policy keeps exploring.")
-
-
-class ReinforceStrategy(SearchStrategy):
-    """A reinforcement-learning controller: a REINFORCE policy over the space."""
-
-    name = "reinforce"
-    Options = ReinforceOptions
-    options: ReinforceOptions
-    multi_objective = False
-
-    def sampler(self) -> Any:
-        from tuneforge.search.reinforce import ReinforceSampler
-
-        return ReinforceSampler(self.options, self.seed, self.objectives[0].direction)
-
-
-# -- PBT ------------------------------------------------------------------------------------
-
-
-class PbtStrategy(SearchStrategy):
-    """Population-based training: exploit/explore from checkpoints of better members."""
-
-    name = "pbt"
-    multi_objective = False
-    supports_pruning = False
-
-    Options = PbtOptions
-    options: PbtOptions
-
-    def check(self) -> None:
-        super().check()
-        check_pbt_space(self.space.params)
-
-    def run(self, runner: Any) -> None:
-        run_pbt(runner, self.options)
-
-
-@hookimpl
-def tf_register_search_strategies(register: Any) -> None:
-    for cls in (RandomStrategy, GridStrategy, TpeStrategy, GpStrategy, CmaEsStrategy, Nsga2Strategy,
-                SobolStrategy, ReinforceStrategy, PbtStrategy):
-        register(cls.name, cls)
-    register("qmc", SobolStrategy)
+        return quiet(optuna.samplers.QMCSampler, qmc_type=self.options.qmc_type, scramble=self.options.scramble,
+                     seed=self.seed, warn_independent_sampling=False)
