@@ -23,6 +23,7 @@ import torch
 from pydantic import Field
 
 from tuneforge import hookimpl
+from tuneforge.data import iter_jsonl
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.tasks import Task, TaskOptions
 from tuneforge.text import IGNORE_INDEX, first_subtoken_labels, window_owners, word_windows
@@ -187,36 +188,27 @@ def read_token_jsonl(path: Path, options: NEROptions, with_tags: bool = True) ->
     """Records of a jsonl file with token and tag lists, keeping line numbers."""
     sentences = []
     fields = [options.tokens_field] + ([options.tags_field] if with_tags else [])
-    with path.open(encoding="utf-8") as fh:
-        for ln, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}, line {ln}: not valid JSON: {exc.msg}") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}, line {ln}: each line must be a JSON object, got {type(obj).__name__}")
-            for f in fields:
-                value = obj.get(f)
-                if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-                    raise DataError(f"{path}, line {ln}: field '{f}' must be a list of strings (fields present: "
-                                    f"{', '.join(sorted(obj)) or 'none'})")
-            tokens = obj[options.tokens_field]
-            if not tokens:
-                raise DataError(f"{path}, line {ln}: '{options.tokens_field}' is empty")
-            parsed: list[tuple[str, str]] = []
-            if with_tags:
-                tags = obj[options.tags_field]
-                if len(tags) != len(tokens):
-                    raise DataError(f"{path}, line {ln}: {len(tokens)} tokens but {len(tags)} tags")
-                for j, tag in enumerate(tags):
-                    p = parse_tag(tag)
-                    if p is None:
-                        raise DataError(f"{path}, line {ln}, token {j + 1}: '{tag}' is not a tag "
-                                        "(expected O or B-/I-/E-/S-<type>)")
-                    parsed.append(p)
-            sentences.append({"tokens": tokens, "raw_tags": parsed, "lines": [ln] * len(tokens)})
+    for ln, obj in iter_jsonl(path):
+        for f in fields:
+            value = obj.get(f)
+            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                raise DataError(f"{path}, line {ln}: field '{f}' must be a list of strings (fields present: "
+                                f"{', '.join(sorted(obj)) or 'none'})")
+        tokens = obj[options.tokens_field]
+        if not tokens:
+            raise DataError(f"{path}, line {ln}: '{options.tokens_field}' is empty")
+        parsed: list[tuple[str, str]] = []
+        if with_tags:
+            tags = obj[options.tags_field]
+            if len(tags) != len(tokens):
+                raise DataError(f"{path}, line {ln}: {len(tokens)} tokens but {len(tags)} tags")
+            for j, tag in enumerate(tags):
+                p = parse_tag(tag)
+                if p is None:
+                    raise DataError(f"{path}, line {ln}, token {j + 1}: '{tag}' is not a tag "
+                                    "(expected O or B-/I-/E-/S-<type>)")
+                parsed.append(p)
+        sentences.append({"tokens": tokens, "raw_tags": parsed, "lines": [ln] * len(tokens)})
     return sentences
 
 
