@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +26,7 @@ from pydantic import Field
 from tuneforge import hookimpl
 from tuneforge.data import iter_jsonl
 from tuneforge.errors import ConfigError, DataError
-from tuneforge.tasks import Task, TaskOptions
+from tuneforge.tasks import LabelVocabTask, TaskOptions
 from tuneforge.text import IGNORE_INDEX, first_subtoken_labels, window_owners, word_windows
 
 log = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ def read_ner_file(path: str | Path, options: NEROptions, fmt: str = "auto", with
 # -- the task -------------------------------------------------------------------------------
 
 
-class NERTask(Task):
+class NERTask(LabelVocabTask):
     name = "ner"
     Options = NEROptions
     primary_metric = "f1"
@@ -253,10 +254,18 @@ class NERTask(Task):
     greater_is_better = True
     metadata_keys = frozenset({"sentence", "word_index", "gold", "tokens"})
     options: NEROptions
+    vocab_field = "entity_types"
+    vocab_noun = "entity type"
+    min_vocab = 1
 
-    def __init__(self, options: Any, config: Any) -> None:
-        super().__init__(options, config)
-        self.entity_types: list[str] = list(options.entity_types or [])
+    @property
+    def entity_types(self) -> list[str]:
+        """The vocabulary: entity types in label order."""
+        return self.vocab
+
+    @entity_types.setter
+    def entity_types(self, types: list[str]) -> None:
+        self.vocab = list(types)
 
     @property
     def labels(self) -> list[str]:
@@ -271,51 +280,36 @@ class NERTask(Task):
     def read(self, path: str, split: str) -> list[dict[str, Any]]:
         return read_ner_file(path, self.options, self.config.data.format, with_tags=split != "predict")
 
-    def prepare(self, train_records: list[dict[str, Any]]) -> None:
-        found = sorted({entity_type(t) for r in train_records for t in r["tags"]} - {""})
-        if not self.entity_types:
-            self.entity_types = found
-        if not self.entity_types:
-            raise DataError(f"{self.config.data.train}: the training data has no entity tags (only O)")
-        self.check_types(train_records, "train")
+    def vocab_values(self, train_records: list[dict[str, Any]]) -> Iterable[str]:
+        return (entity_type(t) for r in train_records for t in r["tags"] if t != "O")
 
-    def check_types(self, records: list[dict[str, Any]], split: str) -> None:
+    def prepare(self, train_records: list[dict[str, Any]]) -> None:
+        super().prepare(train_records)
+        self.check_types(train_records)
+
+    def check_types(self, records: list[dict[str, Any]]) -> None:
         """Fail on the first tag whose entity type the model has no label for."""
-        known = set(self.entity_types)
         for r in records:
             for tag, line in zip(r["tags"], r["lines"]):
-                t = entity_type(tag)
-                if t and t not in known:
-                    raise DataError(
-                        f"{r['source']}, line {line}: tag '{tag}' has entity type '{t}', which does not occur in "
-                        f"the training data (types: {', '.join(self.entity_types)}); add it to task.entity_types "
-                        f"or fix the {split} file"
-                    )
+                if tag != "O":
+                    self.check_known(entity_type(tag), f"{r['source']}, line {line}: tag '{tag}'")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"entity_types": self.entity_types, "label_scheme": self.options.label_scheme, "labels": self.labels}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.entity_types = list(state["entity_types"])
+        return {**super().state_dict(), "label_scheme": self.options.label_scheme, "labels": self.labels}
 
     # -- model and features ---------------------------------------------------------------
 
     def build_model(self, tokenizer: Any) -> torch.nn.Module:
         from transformers import AutoModelForTokenClassification
 
-        labels = self.labels
         return AutoModelForTokenClassification.from_pretrained(
-            self.model_path(),
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)},
-            **self.pretrained_kwargs(),
+            self.model_path(), **self.label_config(), **self.pretrained_kwargs()
         )
 
     def encode(self, records: list[dict[str, Any]], tokenizer: Any, split: str) -> list[dict[str, Any]]:
         has_tags = split != "predict"
         if has_tags:
-            self.check_types(records, split)
+            self.check_types(records)
         max_length = self.config.data.max_length
         budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
         if not 0 <= self.options.stride < budget:
@@ -342,7 +336,7 @@ class NERTask(Task):
         if replaced:
             log.info("%s: %d tokens produce no sub-token; encoded as %s", split, replaced, tokenizer.unk_token)
 
-        index = {name: i for i, name in enumerate(self.labels)}
+        index = self.label_ids()
         inputs: list[list[str]] = []
         meta: list[tuple[int, int, int, list[int], int]] = []  # sentence, words [start, end), owners, window
         split_sentences = 0
