@@ -268,6 +268,18 @@ class LabelVocabTask(Task):
         return {"num_labels": len(self.labels), "id2label": dict(enumerate(self.labels)),
                 "label2id": self.label_ids()}
 
+    @staticmethod
+    def label_outputs(logits: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """``evaluation_step`` outputs of a head with one label per example: ``predictions`` and
+        their softmax ``confidence``; given ``labels``, those and the per-example cross-entropy ``loss``."""
+        logits = logits.float()
+        probs = logits.softmax(-1)
+        out = {"predictions": probs.argmax(-1), "confidence": probs.max(-1).values}
+        if labels is not None:
+            out["labels"] = labels
+            out["loss"] = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        return out
+
     def state_dict(self) -> dict[str, Any]:
         return {self.vocab_field: self.vocab}
 

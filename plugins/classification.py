@@ -92,15 +92,8 @@ class ClassificationTask(LabelVocabTask):
     # -- evaluation -----------------------------------------------------------------------
 
     def evaluation_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        labels = batch.get("labels")
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = model(**inputs).logits.float()
-        probs = logits.softmax(-1)
-        out = {"predictions": probs.argmax(-1), "confidence": probs.max(-1).values}
-        if labels is not None:
-            out["labels"] = labels
-            out["loss"] = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-        return out
+        return self.label_outputs(model(**inputs).logits, batch.get("labels"))
 
     def compute_metrics(self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]]) -> dict[str, float]:
         return label_metrics(outputs["predictions"], outputs["labels"])

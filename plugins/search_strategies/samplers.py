@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field
@@ -12,13 +11,14 @@ from tuneforge.errors import ConfigError
 from tuneforge.search import SearchStrategy, StrategyOptions
 
 
-def quiet(make: Callable[..., Any], **kwargs: Any) -> Any:
-    """``make(**kwargs)`` without Optuna's ExperimentalWarning (TPE's grouping, the QMC sampler)."""
+def optuna_sampler(name: str, **kwargs: Any) -> Any:
+    """``optuna.samplers.<name>(**kwargs)``: Optuna imported when a study starts (not when the
+    plugin registers), its ExperimentalWarning (TPE's grouping, the QMC sampler) silenced."""
     import optuna
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return make(**kwargs)
+        return getattr(optuna.samplers, name)(**kwargs)
 
 
 class RandomStrategy(SearchStrategy):
@@ -27,9 +27,7 @@ class RandomStrategy(SearchStrategy):
     name = "random"
 
     def sampler(self) -> Any:
-        import optuna
-
-        return optuna.samplers.RandomSampler(seed=self.seed)
+        return optuna_sampler("RandomSampler", seed=self.seed)
 
 
 class GridStrategy(SearchStrategy):
@@ -72,11 +70,9 @@ class TpeStrategy(SearchStrategy):
     options: TpeOptions
 
     def sampler(self) -> Any:
-        import optuna
-
         o = self.options
-        return quiet(optuna.samplers.TPESampler, seed=self.seed, n_startup_trials=o.n_startup_trials,
-                     multivariate=o.multivariate, group=o.multivariate, constant_liar=o.constant_liar)
+        return optuna_sampler("TPESampler", seed=self.seed, n_startup_trials=o.n_startup_trials,
+                              multivariate=o.multivariate, group=o.multivariate, constant_liar=o.constant_liar)
 
 
 class StartupOptions(StrategyOptions):
@@ -91,10 +87,8 @@ class GpStrategy(SearchStrategy):
     options: StartupOptions
 
     def sampler(self) -> Any:
-        import optuna
-
-        return optuna.samplers.GPSampler(seed=self.seed, n_startup_trials=self.options.n_startup_trials,
-                                         deterministic_objective=False)
+        return optuna_sampler("GPSampler", seed=self.seed, n_startup_trials=self.options.n_startup_trials,
+                              deterministic_objective=False)
 
 
 class CmaEsStrategy(SearchStrategy):
@@ -115,10 +109,8 @@ class CmaEsStrategy(SearchStrategy):
             raise ConfigError("search strategy 'cmaes' needs the cmaes package: pip install cmaes") from None
 
     def sampler(self) -> Any:
-        import optuna
-
-        return optuna.samplers.CmaEsSampler(seed=self.seed, n_startup_trials=self.options.n_startup_trials,
-                                            warn_independent_sampling=False)
+        return optuna_sampler("CmaEsSampler", seed=self.seed, n_startup_trials=self.options.n_startup_trials,
+                              warn_independent_sampling=False)
 
 
 class NsgaOptions(StrategyOptions):
@@ -135,11 +127,9 @@ class Nsga2Strategy(SearchStrategy):
     options: NsgaOptions
 
     def sampler(self) -> Any:
-        import optuna
-
         o = self.options
-        return optuna.samplers.NSGAIISampler(population_size=o.population_size, mutation_prob=o.mutation_prob,
-                                             crossover_prob=o.crossover_prob, seed=self.seed)
+        return optuna_sampler("NSGAIISampler", population_size=o.population_size, mutation_prob=o.mutation_prob,
+                              crossover_prob=o.crossover_prob, seed=self.seed)
 
 
 class QmcOptions(StrategyOptions):
@@ -155,7 +145,5 @@ class SobolStrategy(SearchStrategy):
     options: QmcOptions
 
     def sampler(self) -> Any:
-        import optuna
-
-        return quiet(optuna.samplers.QMCSampler, qmc_type=self.options.qmc_type, scramble=self.options.scramble,
-                     seed=self.seed, warn_independent_sampling=False)
+        return optuna_sampler("QMCSampler", qmc_type=self.options.qmc_type, scramble=self.options.scramble,
+                              seed=self.seed, warn_independent_sampling=False)
