@@ -1,15 +1,4 @@
-"""Named-entity recognition (token classification) with entity-level seqeval metrics.
-
-Data: CoNLL-style files (one token per line, a tag column, any whitespace-only line
-between sentences, ``-DOCSTART-`` lines skipped) or jsonl records with ``tokens`` and
-``tags`` lists. Tags in IOB1, IOB2 or BIOES (BILOU letters too) are validated and
-converted to IOB2 when read; the model learns them in ``task.label_scheme``.
-
-Sub-words: a word's label sits on its first sub-token, the others are ignored by the
-loss. A sentence longer than ``data.max_length`` is split into overlapping windows of
-whole words; each word is predicted from the window where it has the most context,
-so every input token gets exactly one predicted tag.
-"""
+"""The ``ner`` task: token classification with entity-level seqeval metrics (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -17,233 +6,18 @@ import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
 
-from tuneforge import hookimpl
-from tuneforge.data import iter_jsonl
 from tuneforge.errors import ConfigError, DataError
-from tuneforge.tasks import LabelVocabTask, TaskOptions
+from tuneforge.plugins.ner.readers import NEROptions, read_ner_file
+from tuneforge.plugins.ner.tags import SCHEME_PREFIXES, entity_type, iob2_to_bioes
+from tuneforge.tasks import LabelVocabTask
 from tuneforge.text import IGNORE_INDEX, first_subtoken_labels, window_owners, word_windows
 
 log = logging.getLogger(__name__)
-
-#: Prefix letters accepted in files, mapped to BIOES (BILOU's L and U are E and S).
-PREFIXES = {"B": "B", "I": "I", "E": "E", "S": "S", "L": "E", "U": "S"}
-SCHEME_PREFIXES = {"iob2": ("B", "I"), "bioes": ("B", "I", "E", "S")}
-
-
-class TagError(ValueError):
-    """A tag sequence that its scheme does not allow; ``position`` is the token index."""
-
-    def __init__(self, position: int, message: str) -> None:
-        super().__init__(message)
-        self.position = position
-
-
-# -- tag schemes ----------------------------------------------------------------------
-
-
-def parse_tag(tag: str) -> tuple[str, str] | None:
-    """``"B-PER"`` -> ``("B", "PER")``, ``"O"`` -> ``("O", "")``; None if not a tag."""
-    if tag == "O":
-        return "O", ""
-    prefix, sep, etype = tag.partition("-")
-    if not sep or not etype or prefix not in PREFIXES:
-        return None
-    return PREFIXES[prefix], etype
-
-
-def detect_scheme(sentences: list[list[tuple[str, str]]]) -> str:
-    """``bioes`` if any E-/S- tag occurs, ``iob1`` if an I- tag starts an entity, else ``iob2``."""
-    iob1 = False
-    for tags in sentences:
-        prev = ("O", "")
-        for p, t in tags:
-            if p in ("E", "S"):
-                return "bioes"
-            if p == "I" and not (prev[0] in ("B", "I") and prev[1] == t):
-                iob1 = True
-            prev = (p, t)
-    return "iob1" if iob1 else "iob2"
-
-
-def to_iob2(tags: list[tuple[str, str]], scheme: str) -> list[str]:
-    """Validate parsed ``tags`` against ``scheme`` and return them as IOB2 strings."""
-    out: list[str] = []
-    n = len(tags)
-    for i, (p, t) in enumerate(tags):
-        prev = tags[i - 1] if i else ("O", "")
-        nxt = tags[i + 1] if i + 1 < n else ("O", "")
-        continues = prev[0] in ("B", "I") and prev[1] == t
-        if p == "O":
-            out.append("O")
-            continue
-        if scheme in ("iob1", "iob2") and p in ("E", "S"):
-            raise TagError(i, f"'{p}-{t}' is a BIOES tag in a file read as {scheme.upper()}; set task.tag_scheme: bioes")
-        if scheme == "iob2" and p == "I" and not continues:
-            raise TagError(i, f"'I-{t}' does not continue a '{t}' entity (IOB2 starts entities with B-); "
-                              "if the file is IOB1 set task.tag_scheme: iob1")
-        if scheme == "bioes":
-            if p in ("I", "E") and not continues:
-                raise TagError(i, f"'{p}-{t}' does not continue a '{t}' entity (BIOES starts entities with B- or S-)")
-            if p in ("B", "I") and not (nxt[0] in ("I", "E") and nxt[1] == t):
-                raise TagError(i, f"'{p}-{t}' is not followed by I-{t} or E-{t} (BIOES ends entities with E- or S-)")
-        if scheme == "iob1":
-            out.append(f"I-{t}" if p == "I" and continues else f"B-{t}")
-        else:
-            out.append(f"{'B' if p in ('B', 'S') else 'I'}-{t}")
-    return out
-
-
-def iob2_to_bioes(tags: list[str]) -> list[str]:
-    """Well-formed IOB2 -> BIOES."""
-    out = []
-    for i, tag in enumerate(tags):
-        if tag == "O":
-            out.append(tag)
-            continue
-        inside = i + 1 < len(tags) and tags[i + 1] == f"I-{tag[2:]}"
-        if tag[0] == "B":
-            out.append(tag if inside else "S" + tag[1:])
-        else:
-            out.append(tag if inside else "E" + tag[1:])
-    return out
-
-
-def entity_type(tag: str) -> str:
-    return tag[2:] if tag != "O" else ""
-
-
-# -- readers ----------------------------------------------------------------------------
-
-
-class NEROptions(TaskOptions):
-    token_column: int = Field(0, description="CoNLL: column of the token (0-based; negative counts from the end).")
-    tag_column: int = Field(-1, description="CoNLL: column of the tag (default: the last column).")
-    column_separator: str | None = Field(None, description="CoNLL: column separator; default any whitespace.")
-    docstart: str = Field("-DOCSTART-", description="CoNLL: token of document-boundary lines, which are skipped.")
-    tokens_field: str = Field("tokens", description="jsonl: field holding the list of tokens.")
-    tags_field: str = Field("tags", description="jsonl: field holding the list of tags.")
-    tag_scheme: Literal["auto", "iob1", "iob2", "bioes"] = Field(
-        "auto", description="Scheme of the files' tags; auto: bioes if E-/S- occur, iob1 if an I- starts an entity."
-    )
-    label_scheme: Literal["iob2", "bioes"] = Field("iob2", description="Tags the model learns and predicts.")
-    entity_types: list[str] | None = Field(None, description="Entity types in label order; default: sorted training types.")
-    stride: int = Field(16, ge=0, description="Sub-tokens of overlap between the windows of a too-long sentence.")
-    seqeval_mode: Literal["conlleval", "strict"] = Field(
-        "conlleval",
-        description="conlleval: seqeval's default (CoNLL-eval compatible; an I- after O starts an entity); "
-        "strict: only entities well-formed in label_scheme count.",
-    )
-
-
-def read_conll(path: Path, options: NEROptions, with_tags: bool = True) -> list[dict[str, Any]]:
-    """Sentences of a CoNLL file as ``{"tokens", "raw_tags", "lines"}`` (tags parsed, not converted)."""
-    sentences: list[dict[str, Any]] = []
-    tokens: list[str] = []
-    tags: list[tuple[str, str]] = []
-    lines: list[int] = []
-
-    def flush() -> None:
-        if tokens:
-            sentences.append({"tokens": list(tokens), "raw_tags": list(tags), "lines": list(lines)})
-            tokens.clear()
-            tags.clear()
-            lines.clear()
-
-    sep = options.column_separator
-    with path.open(encoding="utf-8") as fh:
-        for ln, raw in enumerate(fh, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
-                flush()
-                continue
-            cols = line.split(sep) if sep else line.split()
-            if cols[0] == options.docstart:
-                flush()
-                continue
-            needed = [options.token_column] + ([options.tag_column] if with_tags else [])
-            if any(not -len(cols) <= c < len(cols) for c in needed):
-                raise DataError(
-                    f"{path}, line {ln}: expected a token in column {options.token_column}"
-                    + (f" and a tag in column {options.tag_column}" if with_tags else "")
-                    + f", found {len(cols)} column(s): {line!r}; set task.token_column/tag_column/column_separator"
-                )
-            if with_tags:
-                tag = cols[options.tag_column].strip()
-                parsed = parse_tag(tag)
-                if parsed is None:
-                    raise DataError(f"{path}, line {ln}: '{tag}' is not a tag (expected O or B-/I-/E-/S-<type>)")
-                tags.append(parsed)
-            tokens.append(cols[options.token_column].strip())
-            lines.append(ln)
-    flush()
-    return sentences
-
-
-def read_token_jsonl(path: Path, options: NEROptions, with_tags: bool = True) -> list[dict[str, Any]]:
-    """Records of a jsonl file with token and tag lists, keeping line numbers."""
-    sentences = []
-    fields = [options.tokens_field] + ([options.tags_field] if with_tags else [])
-    for ln, obj in iter_jsonl(path):
-        for f in fields:
-            value = obj.get(f)
-            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-                raise DataError(f"{path}, line {ln}: field '{f}' must be a list of strings (fields present: "
-                                f"{', '.join(sorted(obj)) or 'none'})")
-        tokens = obj[options.tokens_field]
-        if not tokens:
-            raise DataError(f"{path}, line {ln}: '{options.tokens_field}' is empty")
-        parsed: list[tuple[str, str]] = []
-        if with_tags:
-            tags = obj[options.tags_field]
-            if len(tags) != len(tokens):
-                raise DataError(f"{path}, line {ln}: {len(tokens)} tokens but {len(tags)} tags")
-            for j, tag in enumerate(tags):
-                p = parse_tag(tag)
-                if p is None:
-                    raise DataError(f"{path}, line {ln}, token {j + 1}: '{tag}' is not a tag "
-                                    "(expected O or B-/I-/E-/S-<type>)")
-                parsed.append(p)
-        sentences.append({"tokens": tokens, "raw_tags": parsed, "lines": [ln] * len(tokens)})
-    return sentences
-
-
-def read_ner_file(path: str | Path, options: NEROptions, fmt: str = "auto", with_tags: bool = True) -> list[dict[str, Any]]:
-    """Read CoNLL or jsonl into records ``{"tokens", "tags" (IOB2), "lines", "source"}``."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file '{path}' does not exist")
-    if fmt == "auto":
-        fmt = "jsonl" if path.suffix.lower() in (".jsonl", ".ndjson", ".json") else "conll"
-    if fmt not in ("conll", "jsonl"):
-        raise DataError(f"{path}: the ner task reads data.format 'conll' or 'jsonl' (or 'auto'), not '{fmt}'")
-    reader = read_conll if fmt == "conll" else read_token_jsonl
-    sentences = reader(path, options, with_tags)
-    if not sentences:
-        raise DataError(f"{path}: no sentences found")
-    scheme: str = options.tag_scheme
-    if with_tags:
-        if scheme == "auto":
-            scheme = detect_scheme([s["raw_tags"] for s in sentences])
-            log.info("%s: tags read as %s", path, scheme.upper())
-        for s in sentences:
-            try:
-                s["tags"] = to_iob2(s["raw_tags"], scheme)
-            except TagError as exc:
-                raise DataError(f"{path}, line {s['lines'][exc.position]}: {exc}") from None
-    for s in sentences:
-        del s["raw_tags"]
-        s["source"] = str(path)
-    log.info("%s: %d sentences, %d tokens", path, len(sentences), sum(len(s["tokens"]) for s in sentences))
-    return sentences
-
-
-# -- the task -------------------------------------------------------------------------------
 
 
 class NERTask(LabelVocabTask):
@@ -475,8 +249,3 @@ class NERTask(LabelVocabTask):
             for i, (g, p) in enumerate(zip(gold, predicted)):
                 fh.writelines(f"{tok}\t{gt}\t{pt}\n" for tok, gt, pt in zip(tokens[i], g, p))
                 fh.write("\n")
-
-
-@hookimpl
-def tf_register_tasks(register: Any) -> None:
-    register("ner", NERTask)
