@@ -78,19 +78,7 @@ def _read_records(path: Path, fmt: str) -> list[dict[str, Any]]:
                 records.append(Record(row, f"{path}, line {reader.line_num}"))
             return records
     if fmt == "jsonl":
-        records = []
-        with path.open(encoding="utf-8") as fh:
-            for i, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}, line {i}: not valid JSON: {exc.msg}") from None
-                if not isinstance(obj, dict):
-                    raise DataError(f"{path}, line {i}: each line must be a JSON object, got {type(obj).__name__}")
-                records.append(Record(obj, f"{path}, line {i}"))
-        return records
+        return read_jsonl(path)
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -100,6 +88,41 @@ def _read_records(path: Path, fmt: str) -> list[dict[str, Any]]:
     if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
         raise DataError(f"{path}: a .json data file must hold a list of objects (or {{\"data\": [...]}})")
     return [Record(r, f"{path}, record {i + 1}") for i, r in enumerate(obj)]
+
+
+def iter_jsonl(path: str | Path, *, skip_invalid: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a jsonl file.
+
+    A line that is not a JSON object is a :class:`DataError` naming the file and line; with
+    ``skip_invalid`` it is passed over instead (a log another process may be writing, whose
+    last line a kill cut short)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file '{path}' does not exist")
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for i, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    if skip_invalid:
+                        continue
+                    raise DataError(f"{path}, line {i}: not valid JSON: {exc.msg}") from None
+                if not isinstance(obj, dict):
+                    if skip_invalid:
+                        continue
+                    raise DataError(f"{path}, line {i}: each line must be a JSON object, got {type(obj).__name__}")
+                yield i, obj
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8") from None
+
+
+def read_jsonl(path: str | Path, *, skip_invalid: bool = False) -> list[dict[str, Any]]:
+    """The objects of a jsonl file (see :func:`iter_jsonl`), each a :class:`Record` whose
+    ``origin`` is ``"<file>, line N"``."""
+    return [Record(obj, f"{path}, line {i}") for i, obj in iter_jsonl(path, skip_invalid=skip_invalid)]
 
 
 def load_hub_split(name: str, subset: str | None, split: str) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import fnmatch
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -36,7 +37,7 @@ from pydantic import BaseModel, ValidationError
 
 from tuneforge.config import RunConfig, Section, format_validation_error
 from tuneforge.data import pad_features, read_records
-from tuneforge.errors import ConfigError, did_you_mean
+from tuneforge.errors import ConfigError, DataError, did_you_mean
 from tuneforge.hub import resolve_pretrained
 
 if TYPE_CHECKING:
@@ -189,6 +190,107 @@ class Task(ABC):
         self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]], directory: Path
     ) -> None:
         """Write task-specific reports (per-class tables, samples) for ``split`` into ``directory``."""
+
+
+def label_order(values: Iterable[str]) -> list[str]:
+    """The distinct ``values`` sorted: integers numerically first (``1, 2, 10``), then the rest."""
+
+    def key(value: str) -> tuple[bool, int, str]:
+        number = value.lstrip("-").isdigit()
+        return not number, int(value) if number else 0, value
+
+    return sorted(set(values), key=key)
+
+
+class LabelVocabTask(Task):
+    """A task whose model predicts labels from a vocabulary: given in the task options, or
+    learned from the training records by :meth:`prepare`, and saved in ``task_state.json`` so
+    that a resumed run or a reloaded model maps its outputs to the same names.
+
+    A subclass says what the vocabulary is made of (:meth:`vocab_values`) and, when its
+    entries are not plain labels, what they are called (``vocab_field``, ``vocab_noun``).
+    :attr:`labels` are the model's output names in id order: the vocabulary itself unless a
+    subclass derives them (NER: ``O``, ``B-PER``, ``I-PER``, ... from the entity types)::
+
+        class SentimentTask(LabelVocabTask):
+            def vocab_values(self, train_records):
+                return (str(r["label"]) for r in train_records)
+
+            def build_model(self, tokenizer):
+                return AutoModelForSequenceClassification.from_pretrained(
+                    self.model_path(), **self.label_config(), **self.pretrained_kwargs())
+    """
+
+    #: The options field that may give the vocabulary in id order (null or absent: learned),
+    #: and the vocabulary's key in ``task_state.json``.
+    vocab_field: ClassVar[str] = "labels"
+    #: What one entry is called in error messages.
+    vocab_noun: ClassVar[str] = "label"
+    #: The fewest entries a usable vocabulary has.
+    min_vocab: ClassVar[int] = 2
+
+    def __init__(self, options: BaseModel, config: RunConfig) -> None:
+        super().__init__(options, config)
+        self.vocab: list[str] = list(getattr(options, self.vocab_field, None) or [])
+
+    @property
+    def labels(self) -> list[str]:
+        """The model's output labels in id order."""
+        return self.vocab
+
+    @abstractmethod
+    def vocab_values(self, train_records: list[dict[str, Any]]) -> Iterable[str]:
+        """Every vocabulary entry that occurs in ``train_records`` (repeats allowed)."""
+
+    def prepare(self, train_records: list[dict[str, Any]]) -> None:
+        """Learn the vocabulary (:func:`label_order` of :meth:`vocab_values`) unless the options
+        or a saved state gave it; fewer than ``min_vocab`` entries is an error."""
+        given = bool(self.vocab)
+        if not given:
+            self.vocab = label_order(self.vocab_values(train_records))
+        if len(self.vocab) >= self.min_vocab:
+            return
+        need = f"task '{self.name}' needs at least {self.min_vocab} {self.vocab_noun}(s)"
+        if given:
+            raise ConfigError(f"task.{self.vocab_field}: {need}, got {self.vocab}")
+        found = f"only {', '.join(self.vocab)}" if self.vocab else "none"
+        raise DataError(f"{self.config.data.train or 'train split'}: {need} in the training data, found {found}")
+
+    def check_known(self, value: str, where: str) -> None:
+        """A :class:`DataError` at ``where`` if ``value`` is not in the vocabulary."""
+        if value not in self.vocab:
+            raise DataError(
+                f"{where}: {self.vocab_noun} '{value}' is not one of the training {self.vocab_noun}s "
+                f"{self.vocab}; add it to task.{self.vocab_field} or fix the record"
+            )
+
+    def label_ids(self) -> dict[str, int]:
+        """Label name -> id."""
+        return {name: i for i, name in enumerate(self.labels)}
+
+    def label_config(self) -> dict[str, Any]:
+        """``from_pretrained`` arguments of a head over :attr:`labels`: ``num_labels``,
+        ``id2label``, ``label2id``."""
+        return {"num_labels": len(self.labels), "id2label": dict(enumerate(self.labels)),
+                "label2id": self.label_ids()}
+
+    @staticmethod
+    def label_outputs(logits: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """``evaluation_step`` outputs of a head with one label per example: ``predictions`` and
+        their softmax ``confidence``; given ``labels``, those and the per-example cross-entropy ``loss``."""
+        logits = logits.float()
+        probs = logits.softmax(-1)
+        out = {"predictions": probs.argmax(-1), "confidence": probs.max(-1).values}
+        if labels is not None:
+            out["labels"] = labels
+            out["loss"] = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {self.vocab_field: self.vocab}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.vocab = list(state[self.vocab_field])
 
 
 def offers_metric_inputs(task_cls: type[Task]) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,7 @@ from pydantic import Field
 
 from tuneforge import hookimpl
 from tuneforge.data import record_origin, require_fields
-from tuneforge.errors import ConfigError, DataError
-from tuneforge.tasks import Task, TaskOptions
+from tuneforge.tasks import LabelVocabTask, TaskOptions
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def label_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict[str, floa
     }
 
 
-class ClassificationTask(Task):
+class ClassificationTask(LabelVocabTask):
     name = "classification"
     Options = ClassificationOptions
     primary_metric = "accuracy"
@@ -45,27 +45,16 @@ class ClassificationTask(Task):
     metric_names = ("accuracy", "macro_f1", "micro_f1", "loss")
     options: ClassificationOptions
 
-    def __init__(self, options: Any, config: Any) -> None:
-        super().__init__(options, config)
-        self.labels: list[str] = list(options.labels) if options.labels else []
-
     # -- labels -------------------------------------------------------------------
 
     def prepare(self, train_records: list[dict[str, Any]]) -> None:
         o = self.options
         fields = [o.text_field, o.label_field] + ([o.text_pair_field] if o.text_pair_field else [])
         require_fields(train_records, fields, self.config.data.train or "train split")
-        if not self.labels:
-            found = {str(r[o.label_field]) for r in train_records}
-            self.labels = sorted(found, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
-        if len(self.labels) < 2:
-            raise ConfigError(f"classification needs at least 2 labels, found {self.labels}")
+        super().prepare(train_records)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"labels": self.labels}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.labels = list(state["labels"])
+    def vocab_values(self, train_records: list[dict[str, Any]]) -> Iterable[str]:
+        return (str(r[self.options.label_field]) for r in train_records)
 
     # -- model and features ------------------------------------------------------------
 
@@ -73,11 +62,7 @@ class ClassificationTask(Task):
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification.from_pretrained(
-            self.model_path(),
-            num_labels=len(self.labels),
-            id2label=dict(enumerate(self.labels)),
-            label2id={name: i for i, name in enumerate(self.labels)},
-            **self.pretrained_kwargs(),
+            self.model_path(), **self.label_config(), **self.pretrained_kwargs()
         )
 
     def encode(self, records: list[dict[str, Any]], tokenizer: Any, split: str) -> list[dict[str, Any]]:
@@ -86,7 +71,7 @@ class ClassificationTask(Task):
         has_labels = split != "predict"
         fields = [o.text_field] + ([o.text_pair_field] if o.text_pair_field else [])
         require_fields(records, fields + ([o.label_field] if has_labels else []), source)
-        index = {name: i for i, name in enumerate(self.labels)}
+        index = self.label_ids()
         texts = [str(r[o.text_field]) for r in records]
         pairs = [str(r[o.text_pair_field]) for r in records] if o.text_pair_field else None
         max_length = self.config.data.max_length
@@ -99,11 +84,7 @@ class ClassificationTask(Task):
             feat = {k: enc[k][i] for k in enc}
             if has_labels:
                 label = str(rec[o.label_field])
-                if label not in index:
-                    raise DataError(
-                        f"{record_origin(rec, source, i)}: label '{label}' is not one of the training labels "
-                        f"{self.labels}; add it to task.labels or fix the record"
-                    )
+                self.check_known(label, record_origin(rec, source, i))
                 feat["labels"] = index[label]
             features.append(feat)
         return features
@@ -111,15 +92,8 @@ class ClassificationTask(Task):
     # -- evaluation -----------------------------------------------------------------------
 
     def evaluation_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        labels = batch.get("labels")
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = model(**inputs).logits.float()
-        probs = logits.softmax(-1)
-        out = {"predictions": probs.argmax(-1), "confidence": probs.max(-1).values}
-        if labels is not None:
-            out["labels"] = labels
-            out["loss"] = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-        return out
+        return self.label_outputs(model(**inputs).logits, batch.get("labels"))
 
     def compute_metrics(self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]]) -> dict[str, float]:
         return label_metrics(outputs["predictions"], outputs["labels"])

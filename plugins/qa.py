@@ -30,6 +30,7 @@ import torch
 from pydantic import Field, model_validator
 
 from tuneforge import hookimpl
+from tuneforge.data import iter_jsonl
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.tasks import Task, TaskOptions
 from tuneforge.text import char_span_to_token_span
@@ -169,18 +170,11 @@ def read_squad(path: Path) -> list[dict[str, Any]]:
         raise DataError(f"data file '{path}' does not exist")
     records: list[dict[str, Any]] = []
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as fh:
-            for ln, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}, line {ln}: not valid JSON: {exc.msg}") from None
-                if not isinstance(obj, dict) or not isinstance(obj.get("context"), str):
-                    raise DataError(f"{path}, line {ln}: needs an object with a string 'context'")
-                title = str(obj.get("title", ""))
-                records.append(_question(obj, obj["context"], title, -1, f"{path}, line {ln}"))
+        for ln, obj in iter_jsonl(path):
+            if not isinstance(obj.get("context"), str):
+                raise DataError(f"{path}, line {ln}: needs an object with a string 'context'")
+            title = str(obj.get("title", ""))
+            records.append(_question(obj, obj["context"], title, -1, f"{path}, line {ln}"))
         titles = {t: i for i, t in enumerate(dict.fromkeys(r["title"] for r in records))}
         for r in records:  # jsonl articles: records sharing a title
             r["article"] = titles[r["title"]]

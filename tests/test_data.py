@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tuneforge.config import validate
-from tuneforge.data import Record, read_records, record_origin, require_fields
+from tuneforge.data import Record, read_jsonl, read_records, record_origin, require_fields
 from tuneforge.errors import DataError
 from tuneforge.run import load_records, preflight
 
@@ -31,6 +31,23 @@ def test_records_know_their_file_and_line(tmp_path: Path) -> None:
     rec = Record({"a": 1}, "f.csv, line 9")
     for clone in (pickle.loads(pickle.dumps(rec)), copy.deepcopy(rec)):
         assert clone == rec and clone.origin == "f.csv, line 9"
+
+
+def test_read_jsonl_names_the_bad_line_or_skips_it(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"step": 1}\n\n[1, 2]\n{"step": 2}\n{"step": 3, "lo', encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}, line 3: each line must be a JSON object, got list"):
+        read_jsonl(path)
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo', encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}, line 3: not valid JSON"):
+        read_jsonl(path)
+    kept = read_jsonl(path, skip_invalid=True)  # a log whose last line a kill cut short
+    assert kept == [{"step": 1}, {"step": 2}] and kept[1].origin == f"{path}, line 2"
+    path.write_bytes(b'{"a": "\xff"}\n')
+    with pytest.raises(DataError, match="not UTF-8 text"):
+        read_jsonl(path)
+    with pytest.raises(DataError, match="does not exist"):
+        read_jsonl(tmp_path / "missing.jsonl")
 
 
 def test_errors_point_at_the_line_after_shuffled_splits(tiny_classification_config, tmp_path: Path) -> None:

@@ -125,7 +125,7 @@ def test_long_sentence_is_cropped_around_the_entities(re_plugin, tiny_bert, capl
         ({"tail": [2, 2]}, "dev.jsonl, record 2: field 'tail' span [2, 2] is outside the 4 tokens or empty"),
         ({"tail": "Acme"}, "dev.jsonl, record 2: field 'tail' must be a [start, end) pair"),
         ({"head": [0, 2], "tail": [1, 3]}, "dev.jsonl, record 2: head [0, 2] and tail [1, 3] overlap"),
-        ({"relation": "born_in"}, "dev.jsonl, record 2: field 'relation' has relation 'born_in', which is not one"),
+        ({"relation": "born_in"}, "dev.jsonl, record 2: field 'relation': relation 'born_in' is not one of the training"),
         ({"tokens": "Ada works"}, "dev.jsonl, record 2: field 'tokens' must be a list of strings"),
     ],
 )

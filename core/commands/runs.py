@@ -55,16 +55,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The lines of ``metrics.jsonl`` (unreadable lines are skipped: the file may be mid-write)."""
+    from tuneforge.data import read_jsonl  # here: tuneforge.data imports torch
+
     path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    lines = []
-    for text in path.read_text(encoding="utf-8").splitlines():
-        try:
-            lines.append(json.loads(text))
-        except ValueError:
-            continue
-    return lines
+    return read_jsonl(path, skip_invalid=True) if path.is_file() else []
 
 
 def summarize(run_dir: Path, now: float | None = None) -> dict[str, Any]:

@@ -7,7 +7,6 @@ meta-training of a start that adapts to a new task from a few examples.
 * :mod:`tuneforge.meta.algorithm` the :class:`MetaAlgorithm` plugin interface
 * :mod:`tuneforge.meta.loops`     meta-training, the multi-task baseline, meta-test
 * :mod:`tuneforge.meta.run`       the command: collection -> meta-train -> baselines -> table
-* :mod:`tuneforge.meta.warmstart` seeding a new hyperparameter study from similar tasks' studies
 """
 
 from typing import TYPE_CHECKING

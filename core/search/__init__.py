@@ -5,7 +5,6 @@
 * :mod:`tuneforge.search.strategy` the interface strategy plugins implement
 * :mod:`tuneforge.search.runner` the study runner (workers, storage, resume)
 * :mod:`tuneforge.search.trial` the trial process and its reporter plugin (pruning)
-* :mod:`tuneforge.search.pbt` population-based training on top of the runner
 * :mod:`tuneforge.search.report` best config, trials.csv, plots, report.md
 
 See docs/search.md.

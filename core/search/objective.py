@@ -124,16 +124,10 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def read_evaluations(run_dir: Path) -> list[dict[str, Any]]:
+    from tuneforge.data import read_jsonl  # here: tuneforge.data imports torch
+
     path = run_dir / EVALUATIONS
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-    return out
+    return read_jsonl(path, skip_invalid=True) if path.is_file() else []  # skipped: a line cut by a kill
 
 
 def objective_value(objective: Objective, run_dir: Path, *, last: bool = False) -> float:

@@ -123,10 +123,12 @@ def test_unknown_entity_type_in_dev_names_file_line_and_tag(tmp_path):
     task = make_task(tmp_path, train=str(train), validation=str(dev))
     task.prepare(task.read(str(train), "train"))
     assert task.labels == ["O", "B-PER", "I-PER"]  # I- of a seen type is a label even if unseen
-    with pytest.raises(DataError, match=r"dev\.conll, line 4: tag 'B-LOC' has entity type 'LOC'"):
-        task.check_types(task.read(str(dev), "validation"), "validation")
+    with pytest.raises(DataError, match=r"dev\.conll, line 4: tag 'B-LOC': entity type 'LOC' is not one of the "
+                                        r"training entity types \['PER'\]; add it to task\.entity_types"):
+        task.check_types(task.read(str(dev), "validation"))
     only_o = write(tmp_path / "o.conll", "a O\n")
-    with pytest.raises(DataError, match="no entity tags"):
+    with pytest.raises(DataError, match=r"o\.conll: task 'ner' needs at least 1 entity type\(s\) in the training "
+                                        "data, found none"):
         make_task(tmp_path, train=str(only_o)).prepare(read_ner_file(only_o, opts()))
 
 

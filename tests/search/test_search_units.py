@@ -108,7 +108,7 @@ def test_stale_running_trial_is_failed_and_requeued_once(tmp_path):
 
 def test_warm_start_takes_the_best_trials_of_an_earlier_study(tmp_path):
     from tuneforge.errors import ConfigError
-    from tuneforge.search.runner import best_params_of
+    from tuneforge.search.warmstart import best_params_of
 
     earlier = tmp_path / "earlier"
     earlier.mkdir()
@@ -131,9 +131,9 @@ def test_warm_start_takes_the_best_trials_of_an_earlier_study(tmp_path):
 def test_a_new_study_starts_from_the_best_trials_of_studies_on_similar_tasks(search_config, tmp_path,
                                                                               tiny_classification_data):
     """Studies record what task they tuned; a new one on a similar task runs their best parameters first."""
-    from tuneforge.meta.warmstart import ATTR
     from tuneforge.search.runner import StudyRunner
     from tuneforge.search.storage import default_storage_url
+    from tuneforge.search.warmstart import ATTR, similar_task_trials
 
     lr = {"training.lr": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}}
     first = StudyRunner(search_config({"params": lr, "dir": str(tmp_path / "studies" / "sentiment-a")}, name="a.yaml"))
@@ -160,6 +160,6 @@ def test_a_new_study_starts_from_the_best_trials_of_studies_on_similar_tasks(sea
     assert waiting[0].user_attrs["task_similarity"] == pytest.approx(1.0)
     assert second.warm_start() == 0  # already queued: not again
     with pytest.raises(ConfigError, match="is not a directory or storage URL"):
-        StudyRunner(search_config({"params": lr, "dir": str(tmp_path / "x"),
-                                   "warm_start": {"similar_tasks": [str(tmp_path / "nope")]}}, name="c.yaml")
-                    ).similar_task_trials(str(tmp_path / "nope"))
+        similar_task_trials(StudyRunner(search_config({"params": lr, "dir": str(tmp_path / "x"),
+                                                       "warm_start": {"similar_tasks": [str(tmp_path / "nope")]}},
+                                                      name="c.yaml")), str(tmp_path / "nope"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,8 @@ from pydantic import Field
 
 from tuneforge import hookimpl
 from tuneforge.data import record_origin, require_fields
-from tuneforge.errors import ConfigError, DataError
-from tuneforge.tasks import Task, TaskOptions
+from tuneforge.errors import DataError
+from tuneforge.tasks import LabelVocabTask, TaskOptions
 
 log = logging.getLogger(__name__)
 
@@ -64,33 +65,24 @@ def insert_markers(tokens: list[str], head: tuple[int, int], tail: tuple[int, in
     return out
 
 
-class RelationExtractionTask(Task):
+class RelationExtractionTask(LabelVocabTask):
     name = "relation_extraction"
     Options = RelationExtractionOptions
     primary_metric = "micro_f1"
     greater_is_better = True
     options: RelationExtractionOptions
+    vocab_noun = "relation"
 
-    def __init__(self, options: Any, config: Any) -> None:
-        super().__init__(options, config)
-        self.labels: list[str] = list(options.labels) if options.labels else []
-
-    # -- labels (learned from train, saved beside the model) --------------------------------
+    # -- labels (learned from train, saved beside the model by LabelVocabTask) -------------
 
     def prepare(self, train_records: list[dict[str, Any]]) -> None:
         o = self.options
         source = self.config.data.train or "train split"
         require_fields(train_records, [o.tokens_field, o.head_field, o.tail_field, o.label_field], source)
-        if not self.labels:
-            self.labels = sorted({str(r[o.label_field]) for r in train_records})
-        if len(self.labels) < 2:
-            raise ConfigError(f"relation_extraction needs at least 2 relation labels, found {self.labels}")
+        super().prepare(train_records)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"labels": self.labels}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.labels = list(state["labels"])
+    def vocab_values(self, train_records: list[dict[str, Any]]) -> Iterable[str]:
+        return (str(r[self.options.label_field]) for r in train_records)
 
     @property
     def no_relation_id(self) -> int | None:
@@ -109,11 +101,7 @@ class RelationExtractionTask(Task):
         from transformers import AutoModelForSequenceClassification
 
         model = AutoModelForSequenceClassification.from_pretrained(
-            self.model_path(),
-            num_labels=len(self.labels),
-            id2label=dict(enumerate(self.labels)),
-            label2id={name: i for i, name in enumerate(self.labels)},
-            **self.pretrained_kwargs(),
+            self.model_path(), **self.label_config(), **self.pretrained_kwargs()
         )
         if len(tokenizer) != model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))  # rows for the marker tokens
@@ -138,7 +126,7 @@ class RelationExtractionTask(Task):
         has_labels = split != "predict"
         fields = [o.tokens_field, o.head_field, o.tail_field] + ([o.label_field] if has_labels else [])
         require_fields(records, fields, source)
-        index = {name: i for i, name in enumerate(self.labels)}
+        index = self.label_ids()
         marker_ids = set(tokenizer.convert_tokens_to_ids(list(o.markers)))
         max_length = self.config.data.max_length
         features, cropped, lost = [], 0, 0
@@ -157,11 +145,7 @@ class RelationExtractionTask(Task):
             feat = dict(enc)
             if has_labels:
                 label = str(rec[o.label_field])
-                if label not in index:
-                    raise DataError(
-                        f"{where}: field '{o.label_field}' has relation '{label}', which is not one of the training "
-                        f"relations {self.labels}; add it to task.labels or fix the record"
-                    )
+                self.check_known(label, f"{where}: field '{o.label_field}'")
                 feat["labels"] = index[label]
             features.append(feat)
         if cropped:
@@ -195,14 +179,8 @@ class RelationExtractionTask(Task):
     # -- evaluation -----------------------------------------------------------------------------
 
     def evaluation_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        labels = batch.get("labels")
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
-        probs = logits.softmax(-1)
-        out = {"predictions": probs.argmax(-1), "confidence": probs.max(-1).values}
-        if labels is not None:
-            out["labels"] = labels
-            out["loss"] = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-        return out
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return self.label_outputs(model(**inputs).logits, batch.get("labels"))
 
     def compute_metrics(self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]]) -> dict[str, float]:
         return relation_micro_f1(outputs["predictions"], outputs["labels"], self.no_relation_id)

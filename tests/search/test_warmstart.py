@@ -4,7 +4,7 @@ import optuna
 import pytest
 
 from tuneforge.config import validate
-from tuneforge.meta.warmstart import (
+from tuneforge.search.warmstart import (
     record_task_metadata,
     similar_studies,
     task_metadata,

@@ -1,10 +1,4 @@
-"""Built-in hyperparameter search strategies.
-
-Optuna samplers (random, grid, tpe, gp, cmaes, nsga2, sobol), a REINFORCE policy
-controller, and population-based training. Each is a
-:class:`tuneforge.search.SearchStrategy` registered under its name; a third-party
-package registers its own exactly the same way (docs/search.md).
-"""
+"""The strategies that are an Optuna sampler: random, grid, tpe, gp, cmaes, nsga2, sobol."""
 
 from __future__ import annotations
 
@@ -13,10 +7,18 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from tuneforge import hookimpl
 from tuneforge.errors import ConfigError
 from tuneforge.search import SearchStrategy, StrategyOptions
-from tuneforge.search.pbt import PbtOptions, check_pbt_space, run_pbt
+
+
+def optuna_sampler(name: str, **kwargs: Any) -> Any:
+    """``optuna.samplers.<name>(**kwargs)``: Optuna imported when a study starts (not when the
+    plugin registers), its ExperimentalWarning (TPE's grouping, the QMC sampler) silenced."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return getattr(optuna.samplers, name)(**kwargs)
 
 
 class RandomStrategy(SearchStrategy):
@@ -25,9 +27,7 @@ class RandomStrategy(SearchStrategy):
     name = "random"
 
     def sampler(self) -> Any:
-        import optuna
-
-        return optuna.samplers.RandomSampler(seed=self.seed)
+        return optuna_sampler("RandomSampler", seed=self.seed)
 
 
 class GridStrategy(SearchStrategy):
@@ -70,15 +70,9 @@ class TpeStrategy(SearchStrategy):
     options: TpeOptions
 
     def sampler(self) -> Any:
-        import optuna
-
         o = self.options
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(
-                seed=self.seed, n_startup_trials=o.n_startup_trials, multivariate=o.multivariate,
-                group=o.multivariate, constant_liar=o.constant_liar,
-            )
+        return optuna_sampler("TPESampler", seed=self.seed, n_startup_trials=o.n_startup_trials,
+                              multivariate=o.multivariate, group=o.multivariate, constant_liar=o.constant_liar)
 
 
 class StartupOptions(StrategyOptions):
@@ -93,10 +87,8 @@ class GpStrategy(SearchStrategy):
     options: StartupOptions
 
     def sampler(self) -> Any:
-        import optuna
-
-        return optuna.samplers.GPSampler(seed=self.seed, n_startup_trials=self.options.n_startup_trials,
-                                         deterministic_objective=False)
+        return optuna_sampler("GPSampler", seed=self.seed, n_startup_trials=self.options.n_startup_trials,
+                              deterministic_objective=False)
 
 
 class CmaEsStrategy(SearchStrategy):
@@ -117,10 +109,8 @@ class CmaEsStrategy(SearchStrategy):
             raise ConfigError("search strategy 'cmaes' needs the cmaes package: pip install cmaes") from None
 
     def sampler(self) -> Any:
-        import optuna
-
-        return optuna.samplers.CmaEsSampler(seed=self.seed, n_startup_trials=self.options.n_startup_trials,
-                                            warn_independent_sampling=False)
+        return optuna_sampler("CmaEsSampler", seed=self.seed, n_startup_trials=self.options.n_startup_trials,
+                              warn_independent_sampling=False)
 
 
 class NsgaOptions(StrategyOptions):
@@ -137,11 +127,9 @@ class Nsga2Strategy(SearchStrategy):
     options: NsgaOptions
 
     def sampler(self) -> Any:
-        import optuna
-
         o = self.options
-        return optuna.samplers.NSGAIISampler(population_size=o.population_size, mutation_prob=o.mutation_prob,
-                                             crossover_prob=o.crossover_prob, seed=self.seed)
+        return optuna_sampler("NSGAIISampler", population_size=o.population_size, mutation_prob=o.mutation_prob,
+                              crossover_prob=o.crossover_prob, seed=self.seed)
 
 
 class QmcOptions(StrategyOptions):
@@ -157,62 +145,5 @@ class SobolStrategy(SearchStrategy):
     options: QmcOptions
 
     def sampler(self) -> Any:
-        import optuna
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.QMCSampler(qmc_type=self.options.qmc_type, scramble=self.options.scramble,
-                                              seed=self.seed, warn_independent_sampling=False)
-
-
-# -- REINFORCE ------------------------------------------------------------------------------
-
-
-class ReinforceOptions(StrategyOptions):
-    learning_rate: float = Field(0.3, gt=0, description="Policy-gradient step size (advantages are normalised).")
-    baseline_decay: float = Field(0.8, ge=0, lt=1, description="Moving-average reward baseline decay.")
-    init_std: float = Field(0.3, gt=0, le=1, description="Initial std of numeric parameters (on a [0, 1] scale).")
-    min_std: float = Field(0.05, gt=0, le=1, description="Floor of that std, so the policy keeps exploring.")
-
-
-class ReinforceStrategy(SearchStrategy):
-    """A reinforcement-learning controller: a REINFORCE policy over the space."""
-
-    name = "reinforce"
-    Options = ReinforceOptions
-    options: ReinforceOptions
-    multi_objective = False
-
-    def sampler(self) -> Any:
-        from tuneforge.search.reinforce import ReinforceSampler
-
-        return ReinforceSampler(self.options, self.seed, self.objectives[0].direction)
-
-
-# -- PBT ------------------------------------------------------------------------------------
-
-
-class PbtStrategy(SearchStrategy):
-    """Population-based training: exploit/explore from checkpoints of better members."""
-
-    name = "pbt"
-    multi_objective = False
-    supports_pruning = False
-
-    Options = PbtOptions
-    options: PbtOptions
-
-    def check(self) -> None:
-        super().check()
-        check_pbt_space(self.space.params)
-
-    def run(self, runner: Any) -> None:
-        run_pbt(runner, self.options)
-
-
-@hookimpl
-def tf_register_search_strategies(register: Any) -> None:
-    for cls in (RandomStrategy, GridStrategy, TpeStrategy, GpStrategy, CmaEsStrategy, Nsga2Strategy,
-                SobolStrategy, ReinforceStrategy, PbtStrategy):
-        register(cls.name, cls)
-    register("qmc", SobolStrategy)
+        return optuna_sampler("QMCSampler", qmc_type=self.options.qmc_type, scramble=self.options.scramble,
+                              seed=self.seed, warn_independent_sampling=False)

@@ -1,4 +1,4 @@
-"""A REINFORCE policy controller as an Optuna sampler (the ``reinforce`` strategy).
+"""The Optuna sampler of the ``reinforce`` strategy: a REINFORCE policy controller.
 
 Williams (1992) policy gradient, as in Zoph & Le's architecture-search controller,
 here with a factorised policy instead of an RNN: each categorical parameter has
@@ -23,7 +23,7 @@ import optuna
 
 
 class ReinforceSampler(optuna.samplers.BaseSampler):
-    """See the module docstring; ``options`` is the strategy's ReinforceOptions."""
+    """See the module docstring; ``options`` is the strategy's :class:`.ReinforceOptions`."""
 
     def __init__(self, options: Any, seed: int, direction: str) -> None:
         self.o, self.seed = options, seed

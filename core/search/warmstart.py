@@ -1,4 +1,5 @@
-"""Hyperparameter warm start across tasks.
+"""Warm start: a new study's first trials from given parameter sets, earlier studies, and
+studies of similar tasks (``search.warm_start``).
 
 A study records what task it tuned (:func:`record_task_metadata`, stored as the
 study's ``tuneforge_task`` user attribute). A new study on a similar task can then
@@ -8,15 +9,23 @@ studies (:func:`warm_start_from_similar`), instead of starting from random ones.
 Similarity (:func:`task_similarity`) is 0 for different task plugins; otherwise a
 weighted sum of label-set overlap (Jaccard), closeness of the training-set sizes
 (ratio of the smaller to the larger), and whether the base model is the same.
+:func:`queue_warm_start` enqueues what ``search.warm_start`` asks for.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tuneforge.config import RunConfig
+from tuneforge.errors import ConfigError
+from tuneforge.search.storage import default_storage_url, open_storage
+
+if TYPE_CHECKING:
+    from tuneforge.search.runner import StudyRunner
 
 ATTR = "tuneforge_task"
 
@@ -109,3 +118,88 @@ def warm_start_from_similar(study: Any, storage: Any, metadata: dict[str, Any], 
         study.enqueue_trial(chosen, user_attrs={"warm_start_from": name, "task_similarity": round(score, 3)})
         queued.append(chosen)
     return queued
+
+
+def best_params_of(ref: str, top_k: int, keys: list[str]) -> list[dict[str, Any]]:
+    """Parameters of the ``top_k`` best finished trials of an earlier study.
+
+    ``ref`` is a study directory (its ``study.db``), or ``<storage URL>#<study name>``.
+    """
+    import optuna
+
+    if "://" in ref:
+        url, _, name = ref.partition("#")
+    else:
+        study_dir = Path(ref).resolve()
+        url, name = default_storage_url(study_dir), ""
+        if not (study_dir / "study.db").is_file():
+            raise ConfigError(f"search.warm_start.studies: '{ref}' has no study.db")
+    storage = open_storage(url, heartbeat_seconds=None)
+    names = optuna.get_all_study_names(storage)
+    if not name:
+        if len(names) != 1:
+            raise ConfigError(f"search.warm_start.studies: '{ref}' holds studies {names}; name one as URL#name")
+        name = names[0]
+    if name not in names:
+        raise ConfigError(f"search.warm_start.studies: no study '{name}' in {ref}; found {names}")
+    study = optuna.load_study(study_name=name, storage=storage)
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    sign = 1.0 if study.directions[0].name == "MAXIMIZE" else -1.0
+    done.sort(key=lambda t: -sign * t.values[0])
+    return [{k: v for k, v in t.params.items() if k in keys} for t in done[:top_k]]
+
+
+def similar_task_trials(runner: StudyRunner, where: str) -> list[tuple[dict[str, Any], str, float]]:
+    """Best trials of the studies at ``where`` (a study directory, a directory of study
+    directories, or a storage URL) that tuned tasks similar to ``runner``'s."""
+    ws = runner.search.warm_start
+    if "://" in where:
+        urls = [where]
+    else:
+        root = Path(where).resolve()
+        dbs = [root / "study.db"] if (root / "study.db").is_file() else sorted(root.glob("*/study.db"))
+        if not root.is_dir():
+            raise ConfigError(f"search.warm_start.similar_tasks: '{where}' is not a directory or storage URL")
+        urls = [default_storage_url(db.parent) for db in dbs if db.parent != runner.study_dir]
+    found: list[tuple[dict[str, Any], str, float]] = []
+    for url in urls:
+        exclude = runner.study_name if url == runner.storage_url else None
+        found += best_of_similar(open_storage(url, heartbeat_seconds=None), runner.task_metadata, runner.space.keys,
+                                 exclude=exclude, top_k=ws.top_k, max_studies=ws.max_similar_studies,
+                                 min_similarity=ws.min_similarity)
+    found.sort(key=lambda x: -x[2])
+    return found
+
+
+def queue_warm_start(runner: StudyRunner) -> int:
+    """Enqueue in ``runner.study`` the ``search.warm_start`` parameter sets and earlier studies'
+    best trials that it has not run or queued yet; returns how many were queued."""
+    ws, space = runner.search.warm_start, runner.space
+    candidates: list[dict[str, Any]] = []
+    for i, params in enumerate(ws.enqueue):
+        unknown = sorted(set(params) - set(space.keys))
+        if unknown:
+            raise ConfigError(f"search.warm_start.enqueue[{i}]: {unknown} are not in search.params "
+                              f"({', '.join(space.keys)})")
+        candidates.append(dict(params))
+    for ref in ws.studies:
+        candidates += best_params_of(ref, ws.top_k, space.keys)
+    sources: dict[str, dict[str, Any]] = {}
+    for where in ws.similar_tasks:
+        for params, name, score in similar_task_trials(runner, where):
+            candidates.append(params)
+            sources.setdefault(json.dumps(params, sort_keys=True),
+                               {"warm_start_from": f"{where}#{name}", "task_similarity": round(score, 3)})
+    done = {json.dumps(t.params or t.system_attrs.get("fixed_params", {}), sort_keys=True)  # waiting: fixed_params
+            for t in runner.study.get_trials(deepcopy=False)}
+    n = 0
+    for params in candidates:
+        key = json.dumps(params, sort_keys=True)
+        params = {k: space[k].clip(v) for k, v in params.items() if k in space.keys}
+        if json.dumps(params, sort_keys=True) in done:
+            continue
+        done.add(json.dumps(params, sort_keys=True))
+        attrs = {"warm_start": True, **sources.get(key, {})}
+        runner.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
+        n += 1
+    return n
