@@ -91,7 +91,7 @@ def check_objectives(objectives: list[Objective], config: RunConfig, task_cls: A
     """Each objective must be a metric the trials will log: validation data that is evaluated
     within the run's steps, test data, and a metric name the task (or an extra metric) produces."""
     d, ev, t = config.data, config.evaluation, config.training
-    has_validation = bool(d.validation or d.validation_fraction or d.hf_dataset) and ev.strategy != "no"
+    has_validation = d.has_validation and ev.strategy != "no"
     names = [*getattr(task_cls, "metric_names", ()), *ev.extra_metrics]
     for o in objectives:
         if o.split == "validation" and not has_validation:
