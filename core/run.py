@@ -93,12 +93,15 @@ def preflight(config: RunConfig, plugins: PluginManager | None = None, *, check_
 def check_local_paths(config: RunConfig) -> None:
     """A local model/tokenizer directory or an explicit resume checkpoint must exist, and a hub
     name must resolve on the hub or in its cache."""
+    from tuneforge.gguf import check_model
     from tuneforge.hub import check_hub_name, resolve_pretrained
 
     for key in ("name_or_path", "tokenizer"):
         name = getattr(config.model, key)
         if name is None:
             continue
+        if check_model(name, config.model.gguf_file if key == "name_or_path" else None, f"model.{key}"):
+            continue  # a GGUF file, checked (exists, magic bytes, gguf package, architecture)
         local = resolve_pretrained(name)  # pkg:... -> its directory (ConfigError when missing)
         if Path(local).exists():
             continue
@@ -405,7 +408,7 @@ def load_trained_model(
     has_adapter = (model_dir / "adapter_config.json").is_file()
     model_cfg = config.model
     if not has_adapter:
-        model_cfg = model_cfg.model_copy(update={"name_or_path": str(model_dir), "revision": None})
+        model_cfg = model_cfg.model_copy(update={"name_or_path": str(model_dir), "revision": None, "gguf_file": None})
     if (model_dir / "tokenizer_config.json").is_file():
         model_cfg = model_cfg.model_copy(update={"tokenizer": str(model_dir)})
     task_cls = pm.tasks.get(config.task.name)
