@@ -14,7 +14,6 @@ transformers converts) that preflight runs; :func:`pretrained_dir` builds or reu
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -224,9 +223,10 @@ class DigestIndex:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self.entries: dict[str, dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
+            entries = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            self.entries = {}
+            entries = {}
+        self.entries: dict[str, dict[str, Any]] = entries if isinstance(entries, dict) else {}
 
     def sha256(self, file: Path) -> str:
         stat = file.stat()
@@ -264,7 +264,7 @@ def pretrained_dir(
     index = DigestIndex(root / "index.json")
     sha = index.sha256(header.path)
     target = root / sha[:16]
-    if (problem := cache_problem(target, sha, index)) is not None:
+    if cache_problem(target, sha, index) is not None:
         with _build_lock(root / f"{sha[:16]}.lock", header.path):
             if (problem := cache_problem(target, sha, index)) is not None:  # built while we waited?
                 if target.exists():
@@ -272,13 +272,15 @@ def pretrained_dir(
                     _discard(target)
                 _build(header, sha, target, index)
     loaded_as = "" if load_dtype in ("float32", "auto") else f", loaded as {load_dtype}"
-    log.log(logging.INFO if announce else logging.DEBUG, "%s: weights de-quantised from %s to float32%s, from the cache %s",
-             header.path.name, header.describe(), loaded_as, target)
+    log.log(logging.INFO if announce else logging.DEBUG, "%s: weights de-quantised from %s to float32%s, from the "
+            "cache %s", header.path.name, header.describe(), loaded_as, target)
     return target
 
 
 def cache_problem(directory: Path, sha256: str, index: DigestIndex) -> str | None:
-    """Why ``directory`` is not a complete de-quantisation of the GGUF file with this hash, or None."""
+    """Why ``directory`` is not a complete de-quantisation of the GGUF file with this hash, or None.
+    Every file of the manifest must exist with its size; its checksum is recomputed when its size
+    or mtime differ from when it was last hashed (``DigestIndex``)."""
     try:
         manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
         files = manifest["files"]
@@ -297,8 +299,16 @@ def cache_problem(directory: Path, sha256: str, index: DigestIndex) -> str | Non
     return None
 
 
+def _transformers_version() -> str:
+    import transformers
+
+    return str(transformers.__version__)
+
+
 @contextmanager
 def _build_lock(lock_path: Path, source: Path) -> Iterator[None]:
+    import fcntl  # POSIX; imported here so that naming a model never needs it
+
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with lock_path.open("w") as f:
         try:
@@ -320,7 +330,7 @@ def _discard(directory: Path) -> None:
 
 
 def _build(header: GGUFHeader, sha256: str, target: Path, index: DigestIndex) -> None:
-    log.info("de-quantising %s (%s) to float32 once, into %s", header.path.name, header.describe(), target)
+    log.info("de-quantising %s from %s to float32, once, into %s", header.path.name, header.describe(), target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".build-{target.name}-"))
     try:
         dequantise(header, tmp)
@@ -329,6 +339,7 @@ def _build(header: GGUFHeader, sha256: str, target: Path, index: DigestIndex) ->
             "source": {"name": header.path.name, "sha256": sha256, "architecture": header.architecture,
                        "file_type": header.file_type, "tensor_types": header.tensor_types},
             "dtype": "float32",
+            "transformers": _transformers_version(),
             "files": {name: {"size": (tmp / name).stat().st_size, "sha256": d} for name, d in digests.items()},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
