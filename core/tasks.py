@@ -38,7 +38,7 @@ from pydantic import BaseModel, ValidationError
 from tuneforge.config import RunConfig, Section, format_validation_error
 from tuneforge.data import pad_features, read_records
 from tuneforge.errors import ConfigError, DataError, did_you_mean
-from tuneforge.hub import resolve_pretrained
+from tuneforge.hub import pretrained_path
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -107,13 +107,18 @@ class Task(ABC):
     # -- model ----------------------------------------------------------------------
 
     def model_path(self) -> str:
-        return resolve_pretrained(self.config.model.name_or_path)
+        """The directory or hub name the model loads from (a GGUF model: its de-quantised cache)."""
+        m = self.config.model
+        return pretrained_path(m.name_or_path, m.gguf_file, load_dtype=m.dtype)
 
     def load_tokenizer(self) -> PreTrainedTokenizerBase:
         from transformers import AutoTokenizer
 
         m = self.config.model
-        name = resolve_pretrained(m.tokenizer) if m.tokenizer else self.model_path()
+        if m.tokenizer:
+            name = pretrained_path(m.tokenizer, key="model.tokenizer", announce=False)
+        else:  # the model's own; model_path() logs the GGUF line, once
+            name = pretrained_path(m.name_or_path, m.gguf_file, announce=False)
         return AutoTokenizer.from_pretrained(name, revision=m.revision, trust_remote_code=m.trust_remote_code)
 
     def pretrained_kwargs(self) -> dict[str, Any]:

@@ -39,6 +39,8 @@ class OpenSection(BaseModel):
 
 class ModelConfig(Section):
     name_or_path: str = Field(description="Hub name, local directory, or pkg:<package>/<subdir>.")
+    gguf_file: str | None = Field(None, description=(
+        "A .gguf file inside name_or_path (a name ending in .gguf works too), de-quantised once into a cache."))
     tokenizer: str | None = Field(None, description="Tokenizer name or path; default: the model's.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = Field(False, description="Run model code from the hub. Off unless you trust it.")
