@@ -18,7 +18,8 @@ from tuneforge import gguf as tf_gguf
 from tuneforge.config import validate
 from tuneforge.errors import ConfigError
 from tuneforge.hub import pretrained_path
-from tuneforge.run import check_local_paths, load_trained_model
+from tuneforge.builders import load_trained_model
+from tuneforge.preflight import check_local_paths
 from tuneforge.testing.pytest_plugin import make_tiny_causal_lm
 
 gguf = pytest.importorskip("gguf")
