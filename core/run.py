@@ -254,10 +254,10 @@ def train(config: RunConfig, plugins: PluginManager | None = None) -> dict[str, 
 
 
 def _train(plan: Plan) -> dict[str, Any]:
-    from tuneforge.distributed import Runtime
+    from tuneforge.distributed import create_runtime
 
     config = plan.config
-    runtime = Runtime(config, plan.strategy)
+    runtime = create_runtime(config, plan.strategy)
     setup_logging(runtime.is_main)
     log.info("distributed: %s", runtime.strategy.describe())
     check_rank_consistency(config, plan.plugins, runtime)

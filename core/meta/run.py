@@ -160,13 +160,13 @@ def run_meta(config: RunConfig, plugins: PluginManager | None = None) -> dict[st
 def _run_meta(plan: MetaPlan) -> dict[str, Any]:
     from transformers import AutoModel
 
-    from tuneforge.distributed import Runtime
+    from tuneforge.distributed import create_runtime
     from tuneforge.run import check_rank_consistency, setup_logging
     from tuneforge.tracking import Trackers
 
     config = plan.config
     meta = plan.meta
-    runtime = Runtime(config)
+    runtime = create_runtime(config)
     setup_logging(runtime.is_main)
     check_rank_consistency(config, plan.plugins, runtime)
     seed = meta.seed if meta.seed is not None else config.training.seed
