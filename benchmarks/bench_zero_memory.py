@@ -79,9 +79,9 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from tuneforge.builders import build_optimizer
     from tuneforge.config import validate
-    from tuneforge.distributed import Runtime
-    from tuneforge.run import build_optimizer
+    from tuneforge.distributed import create_runtime
 
     strategy = args.strategy
     distributed: dict[str, Any] = {"strategy": "ddp"}
@@ -100,7 +100,7 @@ def worker(args: argparse.Namespace) -> None:
                      "seed": 0, "gradient_accumulation_steps": ACCUMULATION, "mixed_precision": args.precision},
         "distributed": distributed,
     })
-    runtime = Runtime(config)
+    runtime = create_runtime(config)
     torch.manual_seed(0)
     model_config = GPT2Config(vocab_size=args.vocab, n_positions=args.seq, n_embd=args.hidden,
                               n_layer=args.layers, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,

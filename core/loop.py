@@ -143,7 +143,7 @@ def fit(
     done = s.step >= total_steps
     while not done:
         train_loader.set_epoch(s.epoch)
-        loader = rt.accelerator.skip_first_batches(train_loader, s.batch_in_epoch) if s.batch_in_epoch else train_loader
+        loader = rt.skip_batches(train_loader, s.batch_in_epoch)
         loader.set_epoch(s.epoch)
         consumed = s.batch_in_epoch
         for batch in loader:

@@ -58,10 +58,10 @@ def train(config: RunConfig, plugins: PluginManager | None = None) -> dict[str, 
 
 def train_plan(plan: Plan) -> dict[str, Any]:
     """The run of a preflighted plan."""
-    from tuneforge.distributed import Runtime
+    from tuneforge.distributed import create_runtime
 
     config, t = plan.config, plan.config.training
-    runtime = Runtime(config, plan.strategy)
+    runtime = create_runtime(config, plan.strategy)
     setup_logging(runtime.is_main)
     log.info("distributed: %s", runtime.strategy.describe())
     check_rank_consistency(config, plan.plugins, runtime)

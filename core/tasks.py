@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ValidationError
 
+from tuneforge import distributed
 from tuneforge.config import RunConfig, Section, format_validation_error
 from tuneforge.data import pad_features, read_records
 from tuneforge.errors import ConfigError, DataError, did_you_mean
@@ -360,27 +361,12 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     ``generate`` is a method of the Hugging Face model, not of its wrappers, so an
     ``evaluation_step`` that generates calls it on ``unwrap_model(model)``.
     """
-    while True:
-        inner = getattr(model, "module", None)
-        if not isinstance(inner, torch.nn.Module):
-            inner = getattr(model, "_orig_mod", None)
-        if not isinstance(inner, torch.nn.Module):
-            return model
-        model = inner
-
-
-def _world_size() -> int:
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return distributed.unwrap(model)
 
 
 def any_rank(flag: bool, device: torch.device | None = None) -> bool:
     """True if ``flag`` is true on any rank (every rank must call this together)."""
-    if _world_size() == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return distributed.any_rank(flag, device)
 
 
 def generate(model: torch.nn.Module, **kwargs: Any) -> torch.Tensor:
@@ -392,7 +378,7 @@ def generate(model: torch.nn.Module, **kwargs: Any) -> torch.Tensor:
     evaluation batch, or decide with :func:`any_rank`.
     """
     bare = unwrap_model(model)
-    if _world_size() > 1:
+    if distributed.world_size() > 1:
         kwargs.setdefault("synced_gpus", True)
     with torch.no_grad():
         out = bare.generate(**kwargs)  # type: ignore[operator]

@@ -67,7 +67,7 @@ def test_unknown_key_from_another_trainer_or_section_names_the_tuneforge_key(tmp
 
 
 def test_plugin_option_errors_name_the_config_file(tmp_path):
-    from tuneforge.run import preflight
+    from tuneforge.preflight import preflight
 
     train = tmp_path / "train.csv"
     train.write_text("text,label\na,x\nb,y\n")

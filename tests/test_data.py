@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from tuneforge.builders import load_records
 from tuneforge.config import validate
 from tuneforge.data import Record, read_jsonl, read_records, record_origin, require_fields
 from tuneforge.errors import DataError
-from tuneforge.run import load_records, preflight
+from tuneforge.preflight import preflight
 
 
 def test_records_know_their_file_and_line(tmp_path: Path) -> None:

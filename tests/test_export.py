@@ -9,9 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from tuneforge.builders import load_trained_model
 from tuneforge.cli import main
 from tuneforge.config import read_yaml, validate
-from tuneforge.run import load_trained_model, train
+from tuneforge.run import train
 
 
 @pytest.fixture(scope="module")

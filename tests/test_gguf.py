@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from tuneforge import gguf as tf_gguf
+from tuneforge.builders import load_trained_model
 from tuneforge.config import validate
 from tuneforge.errors import ConfigError
 from tuneforge.hub import pretrained_path
-from tuneforge.builders import load_trained_model
 from tuneforge.preflight import check_local_paths
 from tuneforge.testing.pytest_plugin import make_tiny_causal_lm
 

@@ -13,7 +13,7 @@ import yaml
 from tuneforge.cli import main
 from tuneforge.config import validate
 from tuneforge.errors import PluginError
-from tuneforge.run import preflight
+from tuneforge.preflight import preflight
 
 
 @pytest.fixture

@@ -176,9 +176,9 @@ def _throughput_variant(runtime: Any, base: dict[str, Any], variant: str, args: 
     import torch
     from transformers import LlamaForCausalLM
 
+    from tuneforge.builders import build_optimizer
     from tuneforge.config import validate
     from tuneforge.plugin_manager import PluginManager
-    from tuneforge.run import build_optimizer
 
     lora, checkpointing = variant.startswith("lora"), variant.endswith("_gc")
     raw = {**base, "distributed": {"gradient_checkpointing": checkpointing}}

@@ -187,14 +187,14 @@ class MetaRun:
 
     def __init__(self, plan: MetaPlan) -> None:
         from tuneforge.builders import setup_logging
-        from tuneforge.distributed import Runtime
+        from tuneforge.distributed import create_runtime
         from tuneforge.loop import RunContext, TrainState
         from tuneforge.resume import check_rank_consistency
         from tuneforge.tracking import Trackers
 
         self.plan, self.config, self.meta = plan, plan.config, plan.meta
         config, meta = self.config, self.meta
-        self.runtime = runtime = Runtime(config)
+        self.runtime = runtime = create_runtime(config)
         setup_logging(runtime.is_main)
         check_rank_consistency(config, plan.plugins, runtime)
         self.seed = meta.seed if meta.seed is not None else config.training.seed

@@ -76,7 +76,7 @@ class StudyRunner:
 
     def _preflight(self) -> None:
         """Plugins, space, objectives, strategy and pruner checked before any trial runs."""
-        from tuneforge.run import preflight
+        from tuneforge.preflight import preflight
 
         self.plugins = PluginManager.default(self.config.plugins).build_registries()
         plan = preflight(self.config, self.plugins, check_output=False)
@@ -103,7 +103,7 @@ class StudyRunner:
 
     def validate_trial_config(self, raw: dict[str, Any]) -> RunConfig:
         """Schema + plugin options of one trial's config (cheap; no files read)."""
-        from tuneforge.run import preflight
+        from tuneforge.preflight import preflight
 
         cfg = validate(raw, source=f"{self.config_path} (search trial)")
         preflight(cfg, self.plugins, check_output=False)

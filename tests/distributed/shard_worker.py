@@ -15,14 +15,14 @@ import torch
 
 from tuneforge.config import load_config
 from tuneforge.data import make_loader
-from tuneforge.distributed import Runtime
+from tuneforge.distributed import create_runtime
 from tuneforge.errors import TuneforgeError
 
 
 def main(config_path: str, out_dir: str) -> int:
     try:
         config = load_config(config_path)
-        runtime = Runtime(config)
+        runtime = create_runtime(config)
     except TuneforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

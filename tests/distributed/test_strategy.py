@@ -11,7 +11,7 @@ import pytest
 from tuneforge.config import validate
 from tuneforge.distributed import build_deepspeed_config, resolve_strategy
 from tuneforge.errors import ConfigError, DistributedError
-from tuneforge.run import resume_position
+from tuneforge.resume import resume_position
 
 
 def config(**sections: dict[str, Any]) -> Any:

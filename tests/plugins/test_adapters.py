@@ -11,11 +11,13 @@ import torch
 from safetensors import safe_open
 
 from tuneforge import hookimpl
+from tuneforge.builders import load_trained_model
 from tuneforge.config import apply_overrides, load_config, read_yaml, resolve_paths, validate
 from tuneforge.errors import ConfigError
 from tuneforge.plugin_manager import PluginManager
 from tuneforge.plugins.adapters import LoraAdapter, default_targets, module_patterns, task_head_modules
-from tuneforge.run import load_trained_model, preflight, train
+from tuneforge.preflight import preflight
+from tuneforge.run import train
 
 REPO = Path(__file__).resolve().parents[2]
 

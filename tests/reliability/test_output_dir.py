@@ -28,7 +28,7 @@ def no_training(monkeypatch) -> None:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             raise AssertionError("training started although the output dir is unusable")
 
-    monkeypatch.setattr(tuneforge.distributed, "Runtime", Forbidden)
+    monkeypatch.setattr(tuneforge.distributed, "create_runtime", Forbidden)
 
 
 def test_output_dir_below_a_file_is_refused(tiny_classification_config, tmp_path: Path, no_training) -> None:

@@ -24,7 +24,7 @@ import torch
 from tuneforge.checkpoint import MANIFEST, CheckpointManager, write_manifest
 from tuneforge.config import validate
 from tuneforge.errors import CheckpointError, ConfigError
-from tuneforge.run import preflight
+from tuneforge.preflight import preflight
 
 
 class _Exploit:
