@@ -7,7 +7,6 @@ hands them to :func:`tuneforge.loop.fit`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from tuneforge import jsonio
 from tuneforge.adapters import describe_parameters
 from tuneforge.checkpoint import CheckpointManager, read_state
 from tuneforge.config import RunConfig, diff_keys, dump_config
@@ -348,7 +348,7 @@ def _train(plan: Plan) -> dict[str, Any]:
         results = finish(run, result, eval_loaders.get("test"))
         results["wall_seconds"] = round(time.perf_counter() - started, 2)
         if runtime.is_main:
-            (run_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+            (run_dir / "results.json").write_text(jsonio.dumps(results, indent=2), encoding="utf-8")
         return results
     except BaseException as exc:
         plan.plugins.call("tf_on_exception", run=run, exc=exc)

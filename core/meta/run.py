@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from tuneforge import jsonio
 from tuneforge.config import MetaConfig, MetaSourceTask, RunConfig, dump_config
 from tuneforge.data import record_origin
 from tuneforge.errors import ConfigError, DataError
@@ -328,7 +329,7 @@ def _run_meta(plan: MetaPlan) -> dict[str, Any]:
             results["resumed_from"] = str(saved.path)
         results["wall_seconds"] = round(time.perf_counter() - started, 2)
         if runtime.is_main:
-            (run_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+            (run_dir / "results.json").write_text(jsonio.dumps(results, indent=2), encoding="utf-8")
         status = "completed"
         return results
     finally:
