@@ -279,13 +279,13 @@ def _default_name(plugin: object) -> str:
 
 
 def _raising_plugin(exc: BaseException, caller: pluggy.HookCaller) -> str | None:
-    """The plugin whose implementation of ``caller``'s hook raised ``exc``: the outermost
-    frame of the traceback that runs one of its implementations (None: pluggy itself raised)."""
+    """The plugin whose implementation of ``caller``'s hook raised ``exc``: the innermost frame
+    of the traceback that runs one of its implementations (a hook wrapper that the exception
+    passed through is further out), or None when pluggy itself raised."""
     owners = {getattr(impl.function, "__code__", None): impl.plugin_name for impl in caller.get_hookimpls()}
+    plugin = None
     tb = exc.__traceback__
     while tb is not None:
-        plugin = owners.get(tb.tb_frame.f_code)
-        if plugin is not None:
-            return plugin
+        plugin = owners.get(tb.tb_frame.f_code, plugin)
         tb = tb.tb_next
-    return None
+    return plugin

@@ -167,9 +167,10 @@ def tiny_classification_config(tiny_bert: str, tiny_classification_data: dict[st
 @pytest.fixture
 def tf_run(tf_plugin_manager: PluginManager, tmp_path: Path) -> Iterator[Callable[..., tuple[dict[str, Any], Path]]]:
     """``tf_run(config, plugins=[...], overrides=[...]) -> (results, run_dir)`` trains in-process
-    with ``tf_plugin_manager`` (what ``tf_register`` added takes part). The runs of one test share
-    that manager: register every plugin before the first run (a plugin already registered, e.g.
-    by its entry point, is a no-op)."""
+    with ``tf_plugin_manager``, so what ``tf_register`` added takes part.
+
+    Passing a plugin that is already registered (e.g. by its entry point) is a no-op. The runs of
+    one test share the manager: register every plugin before the first run."""
     from tuneforge.config import apply_overrides, env_overrides, validate
     from tuneforge.run import train
 
@@ -303,7 +304,7 @@ def tiny_instruction_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str,
 @pytest.fixture
 def tiny_causal_lm_config(tiny_llama: str, tiny_instruction_data: dict[str, str], tmp_path: Path) -> dict[str, Any]:
     """A complete config dict for a seconds-long causal-LM instruction-tuning run on ``tiny_llama``
-    (30 steps; validation perplexity every 15). Add ``adapter:``/``distributed:`` to test those."""
+    (30 steps; validation perplexity every 15); add ``adapter:``/``distributed:`` to test those."""
     return {
         "model": {"name_or_path": tiny_llama},
         "task": {"name": "causal_lm"},
@@ -316,9 +317,10 @@ def tiny_causal_lm_config(tiny_llama: str, tiny_instruction_data: dict[str, str]
 
 @pytest.fixture
 def tf_single_thread() -> Iterator[None]:
-    """Run torch on one intra-op thread for the test. Tiny models gain nothing from more, and on
-    a loaded machine OpenMP threads waiting on each other make a step 10-20x slower
-    (measured: 0.09 s vs 2.2 s per tiny-Llama step). Use ``pytestmark = pytest.mark.usefixtures("tf_single_thread")``."""
+    """Torch on one intra-op thread for the test: ``pytestmark = pytest.mark.usefixtures("tf_single_thread")``.
+
+    Tiny models gain nothing from more, and on a loaded machine OpenMP threads waiting on each
+    other make a step 10-20x slower (measured: 0.09 s vs 2.2 s per tiny-Llama step)."""
     import torch
 
     before = torch.get_num_threads()
