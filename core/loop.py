@@ -43,7 +43,12 @@ class TrainState:
 
 @dataclass
 class RunContext:
-    """What hooks and the loop see of a run."""
+    """What hooks and the loop see of a run.
+
+    Hooks observe; the two methods below are the explicit channel through which a plugin
+    steers a run (search trials prune and pause with ``request_stop`` and resume PBT members
+    with new values through ``set_hyperparameters``). Call them on every rank alike.
+    """
 
     config: RunConfig
     run_dir: Path
@@ -56,19 +61,49 @@ class RunContext:
     trackers: Trackers
     checkpoints: CheckpointManager
     features: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    optimizer: Any = None  # the prepared optimizer (hooks may adjust hyperparameters, e.g. PBT)
+    optimizer: Any = None  # the prepared optimizer (change its values with set_hyperparameters)
     scheduler: Any = None  # the prepared LR scheduler
+    stop_requested: tuple[str, str] | None = None  # (status, reason) from request_stop
 
     @property
     def is_main(self) -> bool:
         return self.runtime.is_main
+
+    def request_stop(self, reason: str, *, status: str = "stopped") -> None:
+        """End training cleanly after the current step: its evaluation and checkpoints run as
+        usual, the final state is saved, ``tf_on_fit_end`` sees ``result.status == status``
+        and the run finishes (test evaluation, export, ``results.json``) as after any end.
+        The first request wins; one made after the last step changes nothing."""
+        if self.stop_requested is None:
+            self.stop_requested = (status, reason)
+
+    def set_hyperparameters(self, *, lr: float | None = None, weight_decay: float | None = None,
+                            eps: float | None = None) -> None:
+        """Make the optimizer follow new values from the next step on (e.g. after a resume
+        restored the checkpoint's). ``lr`` is the new peak learning rate: the schedule keeps its
+        position, so the current lr is scaled by the schedule's current factor. ``weight_decay``
+        applies to the groups that decay (weights, not biases or norms)."""
+        schedule = self.runtime.unwrap(self.scheduler)  # Accelerate wraps the schedule
+        groups = self.optimizer.param_groups
+        base_lrs = getattr(schedule, "base_lrs", None)
+        for i, group in enumerate(groups):
+            if lr is not None:
+                factor = group["lr"] / base_lrs[i] if base_lrs and base_lrs[i] else 1.0
+                group["lr"], group["initial_lr"] = lr * factor, lr
+            if eps is not None:
+                group["eps"] = eps
+            if weight_decay is not None:
+                decays = bool(group["params"]) and group["params"][0].ndim >= 2
+                group["weight_decay"] = weight_decay if decays else 0.0
+        if lr is not None and base_lrs is not None:
+            schedule.base_lrs = [lr for _ in groups]
 
 
 @dataclass
 class FitResult:
     state: TrainState
     total_steps: int
-    status: str  # completed | early_stopped
+    status: str  # completed | early_stopped | the status given to RunContext.request_stop
     last_metrics: dict[str, float] = field(default_factory=dict)
     best_checkpoint: Path | None = None
     train_seconds: float = 0.0
@@ -121,9 +156,9 @@ def fit(
             )
         value = metrics[metric_name]
         delta = ev.early_stopping_min_delta
-        improved = s.best_metric is None or (
+        improved = math.isfinite(value) and (s.best_metric is None or (  # nan: undefined, never the best
             value > s.best_metric + delta if greater else value < s.best_metric - delta
-        )
+        ))
         if improved:
             s.best_metric, s.best_step, s.evals_without_improvement = value, s.step, 0
             if cfg.output.save_best:
@@ -196,7 +231,10 @@ def fit(
                 stop_early = run_evaluation()
             if cfg.output.save_every_n_steps and s.step % cfg.output.save_every_n_steps == 0:
                 save_checkpoint()
-            if stop_early:
+            if run.stop_requested is not None:
+                (status, reason), done = run.stop_requested, True
+                progress.write(f"stopping at step {s.step} ({status}): {reason}")
+            elif stop_early:
                 status, done = "early_stopped", True
                 progress.write(f"early stopping at step {s.step}: no improvement in {metric_name} for "
                                f"{ev.early_stopping_patience} evaluations")

@@ -10,9 +10,12 @@ Environment variables:
 * ``TUNEFORGE_DISABLE_PLUGINS=a,b`` skip these entry points.
 * ``TUNEFORGE_TRACE_HOOKS=1`` log which plugin answered which hook.
 
-An exception escaping a hook, or (inside :meth:`PluginManager.blaming`) any code
-of a plugin's task, adapter or tracker, is re-raised as a :class:`PluginError`
+Hooks are called through pluggy (so ``tryfirst``/``trylast``, hook wrappers and
+monitoring apply). An exception escaping a hook, or (inside :meth:`PluginManager.blaming`)
+any code of a plugin's task, adapter or tracker, is re-raised as a :class:`PluginError`
 naming the plugin; ``TUNEFORGE_TRACEBACK=1`` makes the CLI print the traceback.
+Registering a plugin object that is already registered (a module the entry point
+loaded, listed again in ``plugins:`` or passed to ``tf_run``) is a no-op.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
@@ -39,15 +42,8 @@ from tuneforge.registry import Registry
 ENTRY_POINT_GROUP = "tuneforge.plugins"
 log = logging.getLogger(__name__)
 
-# hook name -> registry attribute filled by it
-COMPOSITION_HOOKS = {
-    "tf_register_tasks": "tasks",
-    "tf_register_metrics": "metrics",
-    "tf_register_adapters": "adapters",
-    "tf_register_search_strategies": "search_strategies",
-    "tf_register_trackers": "trackers",
-    "tf_register_meta_algorithms": "meta_algorithms",
-}
+#: hook name -> registry attribute filled by it (declared in :mod:`tuneforge.hookspecs`)
+COMPOSITION_HOOKS = {name: hook.registry for name, hook in hookspecs.COMPOSITION_HOOKS.items()}
 
 
 @dataclass
@@ -59,7 +55,7 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
 
 
-def _adder(registry: Registry[Any], plugin: str) -> Callable[[str, Any], None]:
+def _adder(registry: Registry[Any], plugin: str) -> hookspecs.Register[Any]:
     """The ``register`` callback handed to one plugin's composition hook."""
 
     def register(name: str, obj: Any) -> None:
@@ -83,13 +79,18 @@ class PluginManager:
         self._pm.add_hookspecs(hookspecs)
         self._info: dict[str, PluginInfo] = {}
         self._registries_built = False
-        self.trace = os.environ.get("TUNEFORGE_TRACE_HOOKS", "") not in ("", "0")
-        self.tasks: Registry[Any] = Registry("task")
-        self.metrics: Registry[Any] = Registry("metric")
-        self.adapters: Registry[Any] = Registry("adapter")
-        self.search_strategies: Registry[Any] = Registry("search strategy")
-        self.trackers: Registry[Any] = Registry("tracker")
-        self.meta_algorithms: Registry[Any] = Registry("meta-learning algorithm")
+        self.registries: dict[str, Registry[Any]] = {
+            hook.registry: Registry(hook.kind) for hook in hookspecs.COMPOSITION_HOOKS.values()
+        }
+        if os.environ.get("TUNEFORGE_TRACE_HOOKS", "") not in ("", "0"):
+            self._pm.add_hookcall_monitoring(_trace_call, lambda *_: None)
+
+    def __getattr__(self, name: str) -> Registry[Any]:
+        """The registry a composition hook fills: ``pm.tasks``, ``pm.metrics``, ..."""
+        registries = self.__dict__.get("registries", {})
+        if name in registries:
+            return registries[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- loading ---------------------------------------------------------------
 
@@ -146,16 +147,25 @@ class PluginManager:
         distribution: str | None = None,
         version: str | None = None,
     ) -> str:
-        """Register a plugin object or module; returns the name it is known by."""
+        """Register a plugin object or module; returns the name it is known by.
+
+        A plugin already registered (under any name) is left as it is, so a module that its
+        entry point loaded may be listed again in ``plugins:`` or passed to ``tf_run``."""
+        if self._pm.is_registered(plugin):
+            return str(self._pm.get_name(plugin))
         if self._registries_built:
-            raise PluginError("plugins must be registered before the registries are built")
-        name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+            raise PluginError(
+                f"plugin '{name or _default_name(plugin)}' is registered after the registries were built; "
+                "register every plugin before the first run or build_registries()"
+            )
+        name = name or _default_name(plugin)
         if self._pm.has_plugin(name):
-            raise PluginError(f"a plugin named '{name}' is already registered")
+            raise PluginError(f"a plugin named '{name}' is already registered; register this one under another name")
         try:
             self._pm.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
-            raise PluginError(f"plugin '{name}' is invalid: {exc}") from exc
+            detail = " ".join(str(exc).split())
+            raise PluginError(f"plugin '{name}' is invalid: {detail}") from exc
         hooks = sorted(
             hc.name for hc in (self._pm.get_hookcallers(plugin) or []) if hc.name.startswith("tf_")
         )
@@ -174,50 +184,51 @@ class PluginManager:
     # -- registries ------------------------------------------------------------
 
     def build_registries(self) -> PluginManager:
-        """Run every composition hook once. Idempotent."""
+        """Run every composition hook once. Idempotent.
+
+        Each implementation is called through pluggy on its own (its plugin's subset of the
+        hook), so the ``register`` callback it gets records which plugin registered what."""
         if self._registries_built:
             return self
         for hook_name, attr in COMPOSITION_HOOKS.items():
-            registry: Registry[Any] = getattr(self, attr)
-            for impl in self._impls(hook_name):
-                self._call_impl(impl, hook_name, {"register": _adder(registry, impl.plugin_name)})
+            caller = getattr(self._pm.hook, hook_name)
+            impls = [impl for impl in caller.get_hookimpls() if not impl.hookwrapper and not impl.wrapper]
+            for impl in reversed(impls):  # pluggy's calling order: the last registered first
+                others = [other.plugin for other in impls if other is not impl]
+                subset = self._pm.subset_hook_caller(hook_name, remove_plugins=others)
+                self._call(subset, hook_name, {"register": _adder(self.registries[attr], impl.plugin_name)})
         self._registries_built = True
         return self
 
     # -- calling hooks -----------------------------------------------------------
 
-    def _impls(self, hook_name: str) -> list[pluggy.HookImpl]:
-        # pluggy calls the last registered implementation first; keep that order.
-        return list(reversed(getattr(self._pm.hook, hook_name).get_hookimpls()))
-
-    def _call_impl(self, impl: pluggy.HookImpl, hook_name: str, kwargs: dict[str, Any]) -> Any:
-        if self.trace:
-            log.info("hook %s -> plugin %s", hook_name, impl.plugin_name)
-        args = [kwargs[a] for a in impl.argnames]
-        try:
-            return impl.function(*args)
-        except TuneforgeError as exc:
-            if isinstance(exc, PluginError) and f"plugin '{impl.plugin_name}'" in str(exc):
-                raise
-            raise type(exc)(f"plugin '{impl.plugin_name}' ({hook_name}): {exc}") from exc
-        except Exception as exc:
-            raise PluginError(
-                f"plugin '{impl.plugin_name}' raised {type(exc).__name__} in {hook_name}: {exc}"
-            ) from exc
-
     def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
-        """Call an observer hook on every plugin; errors name the plugin."""
+        """Call an observer hook on every plugin (through pluggy); errors name the plugin."""
         if hook_name not in self.hook_names():
             raise PluginError(f"unknown hook '{hook_name}'{did_you_mean(hook_name, self.hook_names())}")
-        return [self._call_impl(impl, hook_name, kwargs) for impl in self._impls(hook_name)]
+        return list(self._call(getattr(self._pm.hook, hook_name), hook_name, kwargs))
+
+    def _call(self, caller: pluggy.HookCaller, hook_name: str, kwargs: dict[str, Any]) -> Any:
+        try:
+            return caller(**kwargs)
+        except TuneforgeError as exc:
+            plugin = _raising_plugin(exc, caller)
+            if plugin is None or (isinstance(exc, PluginError) and f"plugin '{plugin}'" in str(exc)):
+                raise
+            raise type(exc)(f"plugin '{plugin}' ({hook_name}): {exc}") from exc
+        except Exception as exc:
+            plugin = _raising_plugin(exc, caller)
+            if plugin is None:
+                raise
+            raise PluginError(f"plugin '{plugin}' raised {type(exc).__name__} in {hook_name}: {exc}") from exc
 
     # -- blame for plugin code outside hooks --------------------------------------
 
     def _plugin_modules(self) -> dict[str, str]:
         """Module name -> plugin name, for plugin modules and the modules of what they registered."""
         owners = {info.module: info.name for info in self._info.values()}
-        for attr in COMPOSITION_HOOKS.values():
-            for entry in getattr(self, attr).entries():
+        for registry in self.registries.values():
+            for entry in registry.entries():
                 module = getattr(entry.obj, "__module__", None)
                 if isinstance(module, str) and module not in owners and entry.plugin in self._info:
                     owners[module] = entry.plugin
@@ -255,4 +266,26 @@ class PluginManager:
 
     @staticmethod
     def hook_names() -> list[str]:
-        return sorted(n for n in dir(hookspecs) if n.startswith("tf_"))
+        return sorted([*hookspecs.COMPOSITION_HOOKS, *hookspecs.OBSERVER_HOOKS])
+
+
+def _trace_call(hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
+    for impl in reversed(impls):  # the order pluggy calls them in
+        log.info("hook %s -> plugin %s", hook_name, impl.plugin_name)
+
+
+def _default_name(plugin: object) -> str:
+    return getattr(plugin, "__name__", None) or type(plugin).__name__
+
+
+def _raising_plugin(exc: BaseException, caller: pluggy.HookCaller) -> str | None:
+    """The plugin whose implementation of ``caller``'s hook raised ``exc``: the innermost frame
+    of the traceback that runs one of its implementations (a hook wrapper that the exception
+    passed through is further out), or None when pluggy itself raised."""
+    owners = {getattr(impl.function, "__code__", None): impl.plugin_name for impl in caller.get_hookimpls()}
+    plugin = None
+    tb = exc.__traceback__
+    while tb is not None:
+        plugin = owners.get(tb.tb_frame.f_code, plugin)
+        tb = tb.tb_next
+    return plugin

@@ -9,7 +9,6 @@ steps). Here they are put in order, and the run is finished: best checkpoint, te
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from tuneforge import jsonio
 from tuneforge.adapters import describe_parameters
 from tuneforge.builders import (
     build_loaders,
@@ -110,7 +110,7 @@ def train_plan(plan: Plan) -> dict[str, Any]:
         results = finish(run, result, eval_loaders.get("test"))
         results["wall_seconds"] = round(time.perf_counter() - started, 2)
         if runtime.is_main:
-            (run_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+            (run_dir / "results.json").write_text(jsonio.dumps(results, indent=2), encoding="utf-8")
         return results
     except BaseException as exc:
         plan.plugins.call("tf_on_exception", run=run, exc=exc)

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from tuneforge import hookimpl
+from tuneforge import hookimpl, jsonio
 from tuneforge.errors import PluginError
 from tuneforge.tracking import Tracker
 
@@ -72,7 +72,7 @@ class JsonlTracker(Tracker):
     def log_metrics(self, step: int, metrics: dict[str, float], split: str) -> None:
         line = {"step": step, "split": split, "time": round(time.time(), 3), **metrics}
         with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(line) + "\n")
+            fh.write(jsonio.dumps(line) + "\n")
 
     def resume(self, step: int) -> None:
         """Keep ``metrics.jsonl`` one line per (split, step) of the run's one history: lines an

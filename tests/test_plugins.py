@@ -1,6 +1,8 @@
-"""The plugin manager: entry points, registries, env vars, blame."""
+"""The plugin manager: entry points, registries, env vars, blame; the pytest plugin's fixture docs."""
 
+import ast
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,3 +143,94 @@ def test_blame_ignores_errors_outside_plugin_code(tf_plugin_manager):
         assert tf_plugin_manager.blame(exc) is None
     with pytest.raises(ZeroDivisionError), tf_plugin_manager.blaming():
         _ = 1 / 0
+
+
+# -- registration is idempotent, its errors are one line ----------------------------------------
+
+
+def test_registering_an_already_registered_plugin_is_a_no_op(tf_plugin_manager):
+    """The documented ``tf_run(..., plugins=[my_package.plugin])`` after ``pip install -e``: the
+    entry point already loaded the module."""
+    import tuneforge.plugins.classification as module
+
+    before = [p.name for p in tf_plugin_manager.plugins]
+    assert tf_plugin_manager.register(module) == "classification"
+    assert tf_plugin_manager.register(module, name="something-else") == "classification"
+    tf_plugin_manager.load_module("tuneforge.plugins.classification")  # the config's plugins: list
+    assert [p.name for p in tf_plugin_manager.plugins] == before
+    tf_plugin_manager.build_registries()  # registered once: no duplicate task
+    assert tf_plugin_manager.register(module) == "classification"  # also after the registries are built
+
+
+def test_registration_errors_are_one_plugin_error_line(tf_plugin_manager):
+    taken = plugin_module("classification", tf_on_fit_end=lambda run, result: None)
+    with pytest.raises(PluginError, match="a plugin named 'classification' is already registered") as err:
+        tf_plugin_manager.register(taken)
+    assert "\n" not in str(err.value)
+    with pytest.raises(PluginError, match="plugin 'bad' is invalid") as err:
+        tf_plugin_manager.register(plugin_module("bad", tf_on_fit_start=lambda run, extra_arg: None))
+    assert "\n" not in str(err.value)
+    tf_plugin_manager.build_registries()
+    with pytest.raises(PluginError, match="plugin 'late' is registered after the registries were built") as err:
+        tf_plugin_manager.register(plugin_module("late", tf_on_fit_end=lambda run, result: None))
+    assert "\n" not in str(err.value)
+
+
+# -- hooks are called through pluggy --------------------------------------------------------------
+
+
+def test_hook_wrappers_apply_and_blame_stays_with_the_raising_plugin(tf_plugin_manager, tf_register):
+    seen = []
+
+    def wrap(run, step, metrics):
+        seen.append("wrapper before")
+        try:
+            yield
+        finally:
+            seen.append("wrapper after")
+
+    def first(run, step, metrics):
+        seen.append("tryfirst")
+
+    def fails(run, step, metrics):
+        raise ValueError("bad step")
+
+    tf_register(plugin_module("fails", tf_on_step_end=fails))
+    for name, impl in (("wrapper", hookimpl(wrapper=True)(wrap)), ("early", hookimpl(tryfirst=True)(first))):
+        module = types.ModuleType(name)
+        module.tf_on_step_end = impl
+        tf_register(module)
+    with pytest.raises(PluginError, match=r"^plugin 'fails' raised ValueError in tf_on_step_end: bad step$"):
+        tf_plugin_manager.call("tf_on_step_end", run=None, step=1, metrics={})
+    assert seen == ["wrapper before", "tryfirst", "wrapper after"]
+
+
+# -- the fixture table of docs/writing-plugins.md ----------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "writing-plugins.md"
+TABLE_BEGIN = "<!-- BEGIN FIXTURE TABLE (tests/test_plugins.py generates it from the fixtures' docstrings) -->"
+TABLE_END = "<!-- END FIXTURE TABLE -->"
+
+
+def fixture_table() -> str:
+    """Markdown table of the pytest plugin's fixtures: name, scope, first paragraph of the docstring."""
+    import tuneforge.testing.pytest_plugin as plugin
+
+    rows = ["| fixture | scope | what |", "|---|---|---|"]
+    for node in ast.parse(Path(plugin.__file__).read_text(encoding="utf-8")).body:
+        fixture = next((d for d in getattr(node, "decorator_list", []) if "pytest.fixture" in ast.unparse(d)), None)
+        if not isinstance(node, ast.FunctionDef) or fixture is None:
+            continue
+        doc = ast.get_docstring(node) or ""
+        assert doc, f"fixture {node.name} needs a docstring: it is the reference plugin authors read"
+        scope = next((kw.value.value for kw in getattr(fixture, "keywords", []) if kw.arg == "scope"), "function")
+        what = " ".join(doc.split("\n\n")[0].split()).replace("``", "`")
+        rows.append(f"| `{node.name}` | {scope} | {what} |")
+    return "\n".join(rows)
+
+
+def test_fixture_table_in_the_docs_is_generated_from_the_fixtures():
+    text = DOCS.read_text(encoding="utf-8")
+    start, end = text.index(TABLE_BEGIN) + len(TABLE_BEGIN), text.index(TABLE_END)
+    expected = fixture_table()
+    assert text[start:end].strip() == expected, f"replace the fixture table of {DOCS.name} with:\n{expected}"

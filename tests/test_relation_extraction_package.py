@@ -1,16 +1,21 @@
 """The relation-extraction example package: a task plugin shipped outside tuneforge.
 
-The package is installed (``pip install --target``, no network, the shared environment is
-left alone) and found through its ``tuneforge.plugins`` entry point by the real CLI, which
-trains a tiny run. Unit tests import its source directly.
+The package is installed the way its README says, ``pip install -e`` (of a copy, into a
+directory of its own: no network, the environment's site-packages are left alone), and then
+found through its ``tuneforge.plugins`` entry point: by a fresh plugin manager, by the
+package's own tests (``examples/tuneforge-relation-extraction/tests``, run by pytest with
+tuneforge's fixtures), and by the real CLI. Unit tests import its source directly.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import site
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +26,8 @@ from tuneforge.errors import DataError
 
 PACKAGE = Path(__file__).resolve().parents[1] / "examples" / "tuneforge-relation-extraction"
 DATA = PACKAGE / "data"
+#: ``python -c`` prefix that activates an install directory as a site dir (its .pth files run)
+WITH_SITE = "import site, sys; site.addsitedir(sys.argv.pop(1)); "
 
 pytestmark = pytest.mark.usefixtures("tf_single_thread")
 
@@ -36,30 +43,39 @@ def re_plugin():
         sys.path.remove(str(PACKAGE / "src"))
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    """The package installed into a fresh directory; put it on PYTHONPATH to use it."""
-    import shutil
+@dataclass(frozen=True)
+class Installed:
+    site: Path  # the install directory: the dist-info (entry points) and the editable .pth file
+    source: Path  # the copy of the package that the editable install points at
 
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Installed:
+    """``pip install -e`` of a copy of the package (setuptools writes *.egg-info beside the sources)
+    into a fresh directory; ``site.addsitedir(installed.site)`` puts it on the path."""
     target, source = tmp_path_factory.mktemp("re-site"), tmp_path_factory.mktemp("re-src") / "pkg"
-    # build from a copy: setuptools writes build/ and *.egg-info next to the sources
     shutil.copytree(PACKAGE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(target), str(source)],
+         "--target", str(target), "--editable", str(source)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert list(target.glob("tuneforge_relation_extraction-*.dist-info/entry_points.txt"))
-    return target
+    assert list(target.glob("__editable__*.pth"))
+    return Installed(target, source)
 
 
-def cli(args: list[str], site: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+def python(code: str, installed: Installed, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -c code args...`` with the install directory active."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("TUNEFORGE_LOAD_PLUGINS", None)
-    return subprocess.run([sys.executable, "-c", "import sys; from tuneforge.cli import main; sys.exit(main())", *args],
+    return subprocess.run([sys.executable, "-c", WITH_SITE + code, str(installed.site), *args],
                           capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
+
+
+def cli(args: list[str], installed: Installed, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return python("from tuneforge.cli import main; sys.exit(main())", installed, args, cwd)
 
 
 def make_task(plugin, model_dir: str, **options):
@@ -166,19 +182,33 @@ def check_run(run_dir: Path) -> None:
     assert "[E1]" in (run_dir / "model" / "tokenizer.json").read_text()
 
 
-def test_installed_package_is_found_through_its_entry_point(installed, tiny_bert, tmp_path, monkeypatch, tf_run):
-    """Install, then let a fresh plugin manager discover the task the way the CLI does."""
+def test_installed_package_is_found_through_its_entry_point(installed, tiny_bert, tmp_path, monkeypatch):
+    """After the install, a fresh plugin manager discovers the task the way the CLI does."""
     from tuneforge.plugin_manager import PluginManager
+    from tuneforge.run import train
 
-    monkeypatch.syspath_prepend(str(installed))
+    before = list(sys.path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # restored afterwards
+    site.addsitedir(str(installed.site))
+    sys.path[:] = [p for p in sys.path if p not in before] + before  # ahead of the source tree (re_plugin)
     monkeypatch.delenv("TUNEFORGE_LOAD_PLUGINS", raising=False)
     for name in [m for m in sys.modules if m.startswith("tuneforge_relation_extraction")]:
         monkeypatch.delitem(sys.modules, name)  # import the installed copy, not the source tree
     pm = PluginManager.default().build_registries()
     task_cls = pm.tasks.get("relation_extraction")
-    assert Path(sys.modules[task_cls.__module__].__file__).is_relative_to(installed)
-    _, run_dir = tf_run(tiny_config(tiny_bert, tmp_path / "run"))
-    check_run(run_dir)
+    assert Path(sys.modules[task_cls.__module__].__file__).is_relative_to(installed.source)
+    assert pm.tasks.entry("relation_extraction").plugin == "relation_extraction"
+    train(validate(tiny_config(tiny_bert, tmp_path / "run")), pm)
+    check_run(tmp_path / "run")
+
+
+def test_the_packages_own_tests_pass_after_pip_install_e(installed, tmp_path):
+    """Its README's recipe: ``pip install -e .``, then ``pytest tests/`` on tuneforge's fixtures
+    (``tf_run(..., plugins=[plugin])`` with the entry point installed as well)."""
+    proc = python("import pytest; sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', sys.argv[1]]))",
+                  installed, [str(installed.source / "tests")], installed.source)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "2 passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]
 
 
 @pytest.mark.slow

@@ -7,11 +7,11 @@ task's reports (``reports/``) to ``--output`` (default ``RUN/eval/<data file ste
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
 
+from tuneforge import jsonio
 from tuneforge.commands import stdout_kept_for_results
 from tuneforge.errors import ConfigError
 
@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     with stdout_kept_for_results():
         metrics, examples, out = _evaluate(args)
-    print(json.dumps({"metrics": {k: round(v, 6) for k, v in sorted(metrics.items())},
+    print(jsonio.dumps({"metrics": {k: round(v, 6) for k, v in sorted(metrics.items())},
                       "examples": examples, "output": str(out)}))
     return 0
 
@@ -73,7 +73,7 @@ def _evaluate(args: argparse.Namespace) -> tuple[dict[str, float], int, Path]:
         "examples": len(records),
         "seconds": round(seconds, 2),
     }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    (out / "metrics.json").write_text(jsonio.dumps(summary, indent=2), encoding="utf-8")
     preds = inference.predictions(trained, outputs, features, records)
     if preds is not None:
         inference.write_predictions(out / "predictions.jsonl", records, preds)

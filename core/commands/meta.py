@@ -4,8 +4,8 @@ collection of tasks and compare few-shot adaptation from it with two baselines."
 from __future__ import annotations
 
 import argparse
-import json
 
+from tuneforge import jsonio
 from tuneforge.commands import stdout_kept_for_results
 from tuneforge.commands.train import add_config_arguments
 from tuneforge.config import load_config
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     with stdout_kept_for_results():
         results = run_meta(config)
     if os.environ.get("RANK", "0") == "0":
-        print(json.dumps(results) if args.json else format_table(results))
+        print(jsonio.dumps(results) if args.json else format_table(results))
         if not args.json:
             print(f"meta-learned start: {results['meta_start']}")
     return 0

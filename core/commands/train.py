@@ -8,11 +8,11 @@ this same function on every rank; ``--nproc N`` re-launches this command with
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 
+from tuneforge import jsonio
 from tuneforge.commands import stdout_kept_for_results
 from tuneforge.config import load_config
 
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     with stdout_kept_for_results():
         results = train(config)
     if results.get("world_size", 1) == 1 or _is_main():
-        print(json.dumps({k: results[k] for k in ("status", "steps", "best_metric", "test") if k in results}))
+        print(jsonio.dumps({k: results[k] for k in ("status", "steps", "best_metric", "test") if k in results}))
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from tuneforge import jsonio
 from tuneforge.config import MetaConfig, MetaSourceTask, RunConfig, dump_config
 from tuneforge.data import record_origin
 from tuneforge.errors import ConfigError, DataError, DistributedError
@@ -317,7 +318,7 @@ class MetaRun:
         table = self.evaluate(starts, done, names)
         results = self.results(done, table)
         if self.runtime.is_main:
-            (self.run_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+            (self.run_dir / "results.json").write_text(jsonio.dumps(results, indent=2), encoding="utf-8")
         from tuneforge.loop import FitResult
 
         self.plugins.call("tf_on_fit_end", run=self.context, result=FitResult(

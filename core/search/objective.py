@@ -149,7 +149,8 @@ def objective_value(objective: Objective, run_dir: Path, *, last: bool = False) 
                                  f"{', '.join(sorted(results['test']))}")
     else:
         evals = read_evaluations(run_dir)
-        values = [e["metrics"][objective.name] for e in evals if objective.name in e.get("metrics", {})]
+        values = [e["metrics"][objective.name] for e in evals  # null: undefined at that evaluation
+                  if e.get("metrics", {}).get(objective.name) is not None]
         if evals and not values:
             raise TuneforgeError(f"metric '{objective.name}' was not logged on validation; logged: "
                                  f"{', '.join(sorted(evals[-1].get('metrics', {})))}")

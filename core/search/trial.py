@@ -11,9 +11,11 @@ check compares the resolved configs), registers :class:`TrialReporter` and calls
 :func:`tuneforge.run.train`. The reporter, on every validation evaluation, writes
 the metrics to ``trial_evaluations.jsonl`` and — on rank 0 — reports the
 objective to the study's storage and asks its pruner; the decision is broadcast to
-all ranks through the Runtime, and every rank raises :class:`TrialPruned`, which
-ends the run cleanly with exit code 0 and ``trial_status.json`` saying so.
-A PBT segment ends the same way (:class:`SegmentDone`) after its checkpoint.
+all ranks through the Runtime, and every rank asks the run to stop
+(``run.request_stop(..., status="pruned")``): the run ends cleanly, the process
+exits 0 and ``trial_status.json`` says ``pruned``. A PBT segment ends the same way
+(status ``paused``) after its checkpoint at ``stop_at_step``; a resumed PBT member
+takes the sampled values with ``run.set_hyperparameters`` at fit start.
 """
 
 from __future__ import annotations
@@ -29,56 +31,13 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from tuneforge import jsonio
 from tuneforge.dotted import get_dotted
 from tuneforge.hookspecs import hookimpl
 from tuneforge.search.objective import EVALUATIONS, INFO, STATUS
 
 log = logging.getLogger("tuneforge.search")
 SPEC = "trial_spec.json"
-
-
-class TrialStop(BaseException):
-    """Ends a trial's training cleanly on every rank. A ``BaseException`` so that
-    nothing on the way (plugin error wrapping, ``except Exception``) turns it into a failure."""
-
-    status = "stopped"
-
-    def __init__(self, step: int) -> None:
-        super().__init__(step)
-        self.step = step
-
-
-class TrialPruned(TrialStop):
-    """The study's pruner stopped this trial at ``step``."""
-
-    status = "pruned"
-
-
-class SegmentDone(TrialStop):
-    """A PBT segment reached its last step (its checkpoint is complete)."""
-
-    status = "paused"
-
-
-def apply_optimizer_hparams(optimizer: Any, scheduler: Any, config: Any) -> None:
-    """Make the optimizer follow ``config.training`` after a resume restored the old values.
-
-    Resuming restores the optimizer's learning rate, weight decay and epsilon from the
-    checkpoint; PBT resumes *with new* ones. The schedule's position is kept: the new
-    peak lr is scaled by the schedule's current factor.
-    """
-    t = config.training
-    inner = getattr(scheduler, "scheduler", scheduler)  # Accelerate wraps the scheduler
-    groups = optimizer.param_groups
-    factors = [g["lr"] / base if base else 1.0 for g, base in zip(groups, getattr(inner, "base_lrs", []))]
-    if hasattr(inner, "base_lrs"):
-        inner.base_lrs = [t.lr for _ in groups]
-    for i, group in enumerate(groups):
-        group["lr"] = t.lr * (factors[i] if i < len(factors) else 1.0)
-        group["initial_lr"] = t.lr
-        group["eps"] = t.eps
-        decays = bool(group["params"]) and group["params"][0].ndim >= 2
-        group["weight_decay"] = t.weight_decay if decays else 0.0
 
 
 class TrialReporter:
@@ -138,7 +97,8 @@ class TrialReporter:
         (self.run_dir / f"trial_rank{rank}.json").write_text(
             json.dumps({"rank": rank, "world_size": run.runtime.num_processes, "params": seen}), encoding="utf-8")
         if self.spec.get("apply_hparams") and run.optimizer is not None:
-            apply_optimizer_hparams(run.optimizer, run.scheduler, run.config)
+            t = run.config.training  # resuming restored the checkpoint's values; PBT continues with new ones
+            run.set_hyperparameters(lr=t.lr, weight_decay=t.weight_decay, eps=t.eps)
         if run.is_main:
             from tuneforge.adapters import count_parameters
 
@@ -153,7 +113,7 @@ class TrialReporter:
         decision = False
         if run.is_main:
             with (self.run_dir / EVALUATIONS).open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"step": step, "time": round(time.time(), 3), "metrics": metrics}) + "\n")
+                fh.write(jsonio.dumps({"step": step, "time": round(time.time(), 3), "metrics": metrics}) + "\n")
             name = self.spec.get("report_metric")
             if name and name in metrics and self.spec.get("prune"):
                 trial = self._optuna_trial()
@@ -161,13 +121,13 @@ class TrialReporter:
                 decision = bool(trial.should_prune())
         decision = bool(run.runtime.broadcast_object(decision))
         if decision:
-            raise TrialPruned(step)
+            run.request_stop(f"pruned by the study's pruner at step {step}", status="pruned")
 
     @hookimpl
     def tf_on_checkpoint(self, run: Any, step: int, path: Path) -> None:
         stop = self.spec.get("stop_at_step")
         if stop is not None and step >= int(stop):
-            raise SegmentDone(step)
+            run.request_stop(f"PBT segment ends at step {stop}", status="paused")
 
     @hookimpl
     def tf_on_fit_end(self, run: Any, result: Any) -> None:
@@ -213,9 +173,6 @@ def main(argv: list[str] | None = None) -> int:
         pm.register(TrialReporter(spec, run_dir), name="tuneforge-search-trial")
         results = train(config, pm)
         status = {"status": results.get("status", "completed"), "step": results.get("steps")}
-        return 0
-    except TrialStop as stop:
-        status = {"status": stop.status, "step": stop.step}
         return 0
     except TuneforgeError as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:

@@ -1,17 +1,8 @@
 """Pytest fixtures for testing tuneforge plugins (auto-loaded via the ``pytest11`` entry point).
 
-* ``tf_plugin_manager``  a fresh :class:`PluginManager` with the installed plugins loaded
-* ``tf_register``        register a plugin object (module, class instance) on that manager
-* ``tf_hook_recorder``   a plugin that records every observer-hook call: ``recorder.calls``
-* ``tiny_bert``          directory of a tiny random BERT + WordPiece tokenizer (no download)
-* ``tiny_classification_data``  small train/dev/test CSVs whose label is learnable from the text
-* ``tf_run``             run a tiny training in-process from a config dict; returns (results, run_dir)
-* ``tiny_llama`` / ``tiny_gpt2``  directory of a tiny random causal LM (~45k parameters) and a
-  byte-level BPE tokenizer with pad/bos/eos tokens and a chat template (built in code, no download)
-* ``tiny_instruction_data``  prompt/response jsonl (+ ``chat_*.jsonl`` with ``messages``) whose answer
-  is a fixed function of the prompt
-* ``tiny_causal_lm_config``  a complete config dict for a seconds-long ``causal_lm`` run on ``tiny_llama``
-* ``tf_single_thread``  torch on one thread for the test (tiny models on a loaded machine: much faster)
+Each fixture's docstring is its reference; the fixture table of ``docs/writing-plugins.md``
+is checked against them (``tests/test_plugins.py``). ``tf_plugin_manager`` is the test's
+plugin manager: ``tf_register`` adds to it, and ``tf_run`` trains with it.
 
 A plugin author's test, in seconds::
 
@@ -25,6 +16,8 @@ A plugin author's test, in seconds::
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import random
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -32,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tuneforge import hookspecs
 from tuneforge.hookspecs import hookimpl
 from tuneforge.plugin_manager import PluginManager
 
@@ -89,37 +83,26 @@ def make_classification_data(directory: Path, *, n_train: int = 96, n_eval: int 
 
 
 class HookRecorder:
-    """A plugin object recording ``(hook_name, kwargs)`` for every observer hook."""
+    """A plugin object recording ``(hook_name, kwargs)`` for every observer hook of
+    :mod:`tuneforge.hookspecs` (dict arguments such as ``metrics`` are copied)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        for name in hookspecs.OBSERVER_HOOKS:
+            setattr(self, name, self._recorder(name))
 
     def names(self) -> list[str]:
         return [name for name, _ in self.calls]
 
-    @hookimpl
-    def tf_on_fit_start(self, run: Any) -> None:
-        self.calls.append(("tf_on_fit_start", {"run": run}))
+    def _recorder(self, name: str) -> Callable[..., None]:
+        spec = getattr(hookspecs, name)
+        argnames = list(inspect.signature(spec).parameters)
 
-    @hookimpl
-    def tf_on_step_end(self, run: Any, step: int, metrics: dict[str, float]) -> None:
-        self.calls.append(("tf_on_step_end", {"step": step, "metrics": dict(metrics)}))
+        def record(*args: Any) -> None:
+            self.calls.append((name, {k: dict(v) if isinstance(v, dict) else v for k, v in zip(argnames, args)}))
 
-    @hookimpl
-    def tf_on_evaluate(self, run: Any, step: int, split: str, metrics: dict[str, float]) -> None:
-        self.calls.append(("tf_on_evaluate", {"step": step, "split": split, "metrics": dict(metrics)}))
-
-    @hookimpl
-    def tf_on_checkpoint(self, run: Any, step: int, path: Path) -> None:
-        self.calls.append(("tf_on_checkpoint", {"step": step, "path": path}))
-
-    @hookimpl
-    def tf_on_fit_end(self, run: Any, result: Any) -> None:
-        self.calls.append(("tf_on_fit_end", {"result": result}))
-
-    @hookimpl
-    def tf_on_exception(self, run: Any, exc: BaseException) -> None:
-        self.calls.append(("tf_on_exception", {"exc": exc}))
+        functools.update_wrapper(record, spec, updated=())  # pluggy reads the argument names through __wrapped__
+        return hookimpl(record)
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -139,6 +122,9 @@ def tf_plugin_manager() -> PluginManager:
 
 @pytest.fixture
 def tf_register(tf_plugin_manager: PluginManager) -> Callable[..., str]:
+    """``tf_register(plugin, name=None)`` registers a module or object on ``tf_plugin_manager``
+    (so it takes part in ``tf_run``); returns the name it is known by."""
+
     def register(plugin: Any, name: str | None = None) -> str:
         return tf_plugin_manager.register(plugin, name=name)
 
@@ -147,22 +133,27 @@ def tf_register(tf_plugin_manager: PluginManager) -> Callable[..., str]:
 
 @pytest.fixture
 def tf_hook_recorder() -> HookRecorder:
+    """A plugin recording every observer-hook call: ``recorder.calls`` (``(hook, kwargs)``),
+    ``recorder.names()``; pass it to ``tf_run(..., plugins=[recorder])``."""
     return HookRecorder()
 
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Directory of a tiny random BERT and WordPiece tokenizer (built in code, no download)."""
     return str(make_tiny_bert(tmp_path_factory.mktemp("tiny-bert")))
 
 
 @pytest.fixture(scope="session")
 def tiny_classification_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Paths of small train/validation/test CSVs (``text``, ``label``) whose label is learnable
+    from a keyword."""
     return make_classification_data(tmp_path_factory.mktemp("tiny-cls-data"))
 
 
 @pytest.fixture
 def tiny_classification_config(tiny_bert: str, tiny_classification_data: dict[str, str], tmp_path: Path) -> dict[str, Any]:
-    """A complete config dict for a seconds-long classification run."""
+    """A complete config dict for a seconds-long classification run on ``tiny_bert``."""
     return {
         "model": {"name_or_path": tiny_bert},
         "task": {"name": "classification"},
@@ -174,19 +165,24 @@ def tiny_classification_config(tiny_bert: str, tiny_classification_data: dict[st
 
 
 @pytest.fixture
-def tf_run(tmp_path: Path) -> Iterator[Callable[..., tuple[dict[str, Any], Path]]]:
-    """``tf_run(config_dict, plugins=[...], overrides=[...])`` trains in-process."""
-    from tuneforge.config import apply_overrides, validate
+def tf_run(tf_plugin_manager: PluginManager, tmp_path: Path) -> Iterator[Callable[..., tuple[dict[str, Any], Path]]]:
+    """``tf_run(config, plugins=[...], overrides=[...]) -> (results, run_dir)`` trains in-process
+    with ``tf_plugin_manager``, so what ``tf_register`` added takes part.
+
+    Passing a plugin that is already registered (e.g. by its entry point) is a no-op. The runs of
+    one test share the manager: register every plugin before the first run."""
+    from tuneforge.config import apply_overrides, env_overrides, validate
     from tuneforge.run import train
 
     def run(config: dict[str, Any], plugins: Sequence[Any] = (), overrides: Sequence[str] = ()) -> tuple[dict[str, Any], Path]:
-        raw = apply_overrides(config, list(overrides))
+        raw = apply_overrides(config, [*overrides, *env_overrides()])
         raw.setdefault("output", {}).setdefault("dir", str(tmp_path / "run"))
-        cfg = validate(raw)
-        pm = PluginManager.default(cfg.plugins)
+        cfg = validate(raw, source="tf_run config")
+        for module in cfg.plugins:
+            tf_plugin_manager.load_module(module)
         for plugin in plugins:
-            pm.register(plugin)
-        results = train(cfg, pm)
+            tf_plugin_manager.register(plugin)
+        results = train(cfg, tf_plugin_manager)
         return results, Path(cfg.output.dir)
 
     yield run
@@ -300,13 +296,15 @@ def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_instruction_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Paths of prompt/response jsonl files (train/validation/test; ``chat_*.jsonl`` with the same
+    pairs as ``messages`` beside them) whose answer is a fixed function of the prompt."""
     return make_instruction_data(tmp_path_factory.mktemp("tiny-instruct-data"))
 
 
 @pytest.fixture
 def tiny_causal_lm_config(tiny_llama: str, tiny_instruction_data: dict[str, str], tmp_path: Path) -> dict[str, Any]:
     """A complete config dict for a seconds-long causal-LM instruction-tuning run on ``tiny_llama``
-    (30 steps; validation perplexity every 15). Add ``adapter:``/``distributed:`` to test those."""
+    (30 steps; validation perplexity every 15); add ``adapter:``/``distributed:`` to test those."""
     return {
         "model": {"name_or_path": tiny_llama},
         "task": {"name": "causal_lm"},
@@ -319,9 +317,10 @@ def tiny_causal_lm_config(tiny_llama: str, tiny_instruction_data: dict[str, str]
 
 @pytest.fixture
 def tf_single_thread() -> Iterator[None]:
-    """Run torch on one intra-op thread for the test. Tiny models gain nothing from more, and on
-    a loaded machine OpenMP threads waiting on each other make a step 10-20x slower
-    (measured: 0.09 s vs 2.2 s per tiny-Llama step). Use ``pytestmark = pytest.mark.usefixtures("tf_single_thread")``."""
+    """Torch on one intra-op thread for the test: ``pytestmark = pytest.mark.usefixtures("tf_single_thread")``.
+
+    Tiny models gain nothing from more, and on a loaded machine OpenMP threads waiting on each
+    other make a step 10-20x slower (measured: 0.09 s vs 2.2 s per tiny-Llama step)."""
     import torch
 
     before = torch.get_num_threads()

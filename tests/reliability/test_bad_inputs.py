@@ -3,18 +3,21 @@ TuneforgeError with a message (CLI: exit 2, ``error:`` lines), never a traceback
 
 Configs go through ``tuneforge validate`` (load, override, schema, plugins, files);
 data files through ``tuneforge train`` (which must fail before any model is built).
-Each test counts its cases and records the count as a junit property ``cases``.
+Each property test counts its cases and fails when it tried fewer than it declares
+(:func:`tries_at_least`); ``test_report_case_counts`` records the totals.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import itertools
 import json
 import string
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -28,6 +31,33 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 SETTINGS = settings(deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 _counter = itertools.count()
+CONFIG_CASES: list[Any] = []
+DATA_CASES: list[Any] = []
+#: the floor of generated cases the module promises (printed by the reliability conftest)
+FLOORS = {"config": 450, "data": 65}
+#: property test -> (the case list it fills, the cases it must try)
+MINIMUMS: dict[str, tuple[str, int]] = {}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def tries_at_least(minimum: int, kind: str) -> Callable[[F], F]:
+    """The decorated property test fails unless it generated ``minimum`` cases into the
+    ``kind`` case list (hypothesis stops early when a strategy runs out of distinct examples)."""
+    cases = {"config": CONFIG_CASES, "data": DATA_CASES}[kind]
+
+    def decorate(test: F) -> F:
+        MINIMUMS[test.__name__] = (kind, minimum)
+
+        @functools.wraps(test)
+        def run(*args: Any, **kwargs: Any) -> None:
+            before = len(cases)
+            test(*args, **kwargs)
+            tried = len(cases) - before
+            assert tried >= minimum, f"{test.__name__} generated {tried} cases, fewer than its {minimum}"
+
+        return run  # type: ignore[return-value]
+
+    return decorate
 
 
 def run_cli(argv: list[str]) -> tuple[int, str]:
@@ -173,9 +203,7 @@ def test_valid_base_config_passes(base_config: dict[str, Any], workdir: Path) ->
     assert code == 0, err
 
 
-CONFIG_CASES: list[Any] = []
-
-
+@tries_at_least(280, "config")
 @settings(SETTINGS, max_examples=300)
 @given(st.one_of(unknown_key(), wrong_type(), out_of_range()))
 def test_malformed_config_values(base_config: dict[str, Any], workdir: Path, mutation: tuple[str, str, Any]) -> None:
@@ -185,6 +213,7 @@ def test_malformed_config_values(base_config: dict[str, Any], workdir: Path, mut
     assert_user_error(*run_cli(["validate", "--config", str(path)]), mutation)
 
 
+@tries_at_least(90, "config")
 @settings(SETTINGS, max_examples=100)
 @given(st.lists(BAD_OVERRIDES, min_size=1, max_size=3))
 def test_bad_overrides(base_config: dict[str, Any], workdir: Path, overrides: list[str]) -> None:
@@ -199,6 +228,7 @@ yaml_trees = st.recursive(yaml_scalars, lambda inner: st.one_of(st.lists(inner, 
                           max_leaves=8)
 
 
+@tries_at_least(90, "config")
 @settings(SETTINGS, max_examples=100)
 @given(st.one_of(st.binary(max_size=200), st.text(max_size=200), yaml_trees.map(lambda t: yaml.safe_dump(t))))
 def test_garbage_config_files(workdir: Path, content: bytes | str) -> None:
@@ -221,7 +251,6 @@ def test_unsafe_yaml_tag_is_rejected_not_executed(workdir: Path) -> None:
 
 # -- data files --------------------------------------------------------------------------
 
-DATA_CASES: list[Any] = []
 cell = st.text(string.ascii_letters + string.digits + " ", max_size=12)
 
 
@@ -275,6 +304,7 @@ def unknown_label_validation(draw: st.DrawFn) -> tuple[str, bytes]:
     return "validation-csv", f"text,label\nthis film is good,pos\nthis film is odd,{label}\n".encode()
 
 
+@tries_at_least(38, "data")
 @settings(SETTINGS, max_examples=40)
 @given(st.one_of(bad_csv(), bad_jsonl(), unknown_label_validation()))
 def test_malformed_data_files(base_config: dict[str, Any], workdir: Path, case: tuple[str, bytes]) -> None:
@@ -334,6 +364,7 @@ def bad_task_data(draw: st.DrawFn) -> tuple[str, str, bytes]:
     return task, "jsonl", (good + "\n" + json.dumps(record) + "\n").encode()
 
 
+@tries_at_least(28, "data")
 @settings(SETTINGS, max_examples=30)
 @given(bad_task_data())
 def test_malformed_data_of_every_task(base_config: dict[str, Any], workdir: Path, case: tuple[str, str, bytes]) -> None:
@@ -355,9 +386,14 @@ def test_missing_model_directory_is_a_user_error(base_config: dict[str, Any], wo
 
 
 def test_report_case_counts(record_property: Any) -> None:
-    """Runs last in this module: the number of generated cases (read by the report)."""
+    """Runs last in this module: records the number of generated cases (read by the report).
+    Each property test checks its own count; here, that every one declares a minimum and that
+    the minimums add up to the module's floors (also when this test runs alone)."""
     record_property("config_cases", len(CONFIG_CASES))
     record_property("data_cases", len(DATA_CASES))
     print(f"\nbad-input cases tried: {len(CONFIG_CASES)} config/override/file, {len(DATA_CASES)} data")
-    if CONFIG_CASES:  # only meaningful when the whole module ran
-        assert len(CONFIG_CASES) >= 450 and len(DATA_CASES) >= 65
+    property_tests = {name for name, fn in globals().items() if name.startswith("test_") and hasattr(fn, "hypothesis")}
+    assert property_tests == set(MINIMUMS), "decorate every property test with tries_at_least"
+    for kind, floor in FLOORS.items():
+        declared = sum(minimum for k, minimum in MINIMUMS.values() if k == kind)
+        assert declared >= floor, f"the {kind} property tests promise {declared} cases, fewer than {floor}"

@@ -1,5 +1,5 @@
-"""Small pieces of the search machinery: error lines, optimizer hyperparameters after a
-resume, objective values from a run directory, stale-trial detection and retry."""
+"""Small pieces of the search machinery: error lines, objective values from a run directory,
+stale-trial detection and retry (optimizer hyperparameters after a resume: tests/test_run_control.py)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,11 @@ import time
 
 import optuna
 import pytest
-import torch
 
-from tuneforge.config import validate
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.search.launcher import last_error_line
 from tuneforge.search.objective import Objective, objective_value
 from tuneforge.search.storage import fail_stale_trials, open_storage, retried_numbers
-from tuneforge.search.trial import apply_optimizer_hparams
 
 
 def test_last_error_line_finds_the_reason():
@@ -48,27 +45,6 @@ def test_trial_process_exit_skips_teardown_but_not_atexit_or_buffered_output():
     assert proc.returncode == 3
     assert proc.stdout.splitlines() == ["buffered line"]
     assert proc.stderr.splitlines() == ["stderr line", "atexit ran"]
-
-
-def test_apply_optimizer_hparams_keeps_the_schedule_position(tiny_classification_config):
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (20 - s) / 20)
-    for _ in range(10):
-        opt.step()
-        sched.step()
-    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5)
-    raw = dict(tiny_classification_config)
-    raw["training"] = {**raw["training"], "lr": 4e-3, "weight_decay": 0.1}
-    apply_optimizer_hparams(opt, sched, validate(raw))
-    assert [g["lr"] for g in opt.param_groups] == pytest.approx([2e-3, 2e-3])
-    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
-    opt.step()
-    sched.step()
-    assert opt.param_groups[0]["lr"] == pytest.approx(4e-3 * 9 / 20)
 
 
 def test_objective_values_from_a_run_directory(tmp_path):
