@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from tuneforge import cli, hookimpl, jsonio
+from tuneforge.distributed import unwrap
 from tuneforge.loop import RunContext
 
 pytestmark = pytest.mark.usefixtures("tf_single_thread")
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.usefixtures("tf_single_thread")
 
 def context(optimizer: Any, scheduler: Any) -> RunContext:
     """A RunContext with only what set_hyperparameters touches."""
-    return RunContext(None, Path("."), None, None, None, None, None, None, None, None,  # type: ignore[arg-type]
+    runtime = types.SimpleNamespace(unwrap=unwrap)  # the Runtime method it uses
+    return RunContext(None, Path("."), runtime, None, None, None, None, None, None, None,  # type: ignore[arg-type]
                       optimizer=optimizer, scheduler=scheduler)
 
 
