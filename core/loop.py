@@ -133,7 +133,7 @@ def fit(
     cfg, rt, s, task, model = run.config, run.runtime, run.state, run.task, run.model
     t, ev = cfg.training, cfg.evaluation
     metric_name = ev.metric or task.primary_metric
-    greater = task.greater_is_better if ev.greater_is_better is None else ev.greater_is_better
+    greater = task.metric_greater_is_better(metric_name) if ev.greater_is_better is None else ev.greater_is_better
     batches_per_epoch = len(train_loader)
 
     def save_checkpoint(is_best: bool = False) -> Path:

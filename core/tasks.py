@@ -73,6 +73,12 @@ class Task(ABC):
         self.extra_model_kwargs: dict[str, Any] = {}
 
     @classmethod
+    def metric_greater_is_better(cls, metric: str) -> bool:
+        """Direction of ``metric`` when it selects the best model (``evaluation.greater_is_better``
+        unset); default ``greater_is_better``. Override when a task's metrics go both ways."""
+        return cls.greater_is_better
+
+    @classmethod
     def parse_options(cls, raw: dict[str, Any], source: str = "config") -> BaseModel:
         try:
             return cls.Options.model_validate(raw)

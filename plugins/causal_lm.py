@@ -1,6 +1,7 @@
 """Causal-LM instruction tuning: any ``AutoModelForCausalLM`` on prompt/response pairs or
 chat ``messages``, with the loss on response tokens only, optional packing, perplexity on
-evaluation splits and optional generation samples written to the run directory.
+evaluation splits, and generations scored on validation and test (``task.generation``:
+exact match, accuracy, ROUGE, SQuAD EM/F1, chrF, BLEU and any registered metric).
 
 Records (jsonl/json/csv)::
 
@@ -12,10 +13,15 @@ Chat records are rendered with the tokenizer's chat template; every assistant tu
 trained on, everything else (system/user turns, role markers) is masked with -100.
 Prompt/response records use the chat template too when the tokenizer has one
 (``use_chat_template: auto``), else ``prompt_template`` + response + EOS.
+
+Generation continues the tokens training saw before the last assistant turn (the prompt
+rendered exactly as in training), batched and left-padded, greedy or beam search, with the
+KV cache; the reply is scored against the record's reference(s).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -24,16 +30,47 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tuneforge import hookimpl
-from tuneforge.data import pad_features, record_origin, require_fields
+from tuneforge.config import Section
+from tuneforge.data import record_origin, require_fields
 from tuneforge.errors import ConfigError, DataError
+from tuneforge.plugins.generation_scorers import (
+    LOWER_IS_BETTER,
+    SCORERS,
+    all_metric_names,
+    get_scorer,
+    scorer_of_metric,
+)
 from tuneforge.tasks import Task, TaskOptions, any_rank, decode_ids, generate, left_pad
 from tuneforge.text import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 MODEL_KEYS = ("input_ids", "attention_mask", "labels", "position_ids")
+
+
+class GenerationOptions(Section):
+    """``task.generation``: score what the model generates on the validation and test splits."""
+
+    scorers: list[str] = Field(
+        [], description=f"Scorers of the generated replies ({', '.join(SCORERS)}); empty: perplexity only."
+    )
+    num_beams: int = Field(1, ge=1, description="Beam size; 1: greedy decoding.")
+    labels: list[str] | None = Field(
+        None, description="accuracy: the label set replies are parsed into; default: the split's distinct references."
+    )
+    references_field: str | None = Field(
+        None, description="Record field with the reference(s), a string or a list (e.g. SciTLDR's TLDRs); "
+        "default: the response (chat: the last assistant turn).",
+    )
+
+    @field_validator("scorers")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        for name in names:
+            get_scorer(name)
+        return names
 
 
 class CausalLMOptions(TaskOptions):
@@ -55,16 +92,22 @@ class CausalLMOptions(TaskOptions):
         description="Pack training examples into blocks of data.max_length; attention and positions are "
         "reset per example (needs a model that honours packed position_ids, e.g. Llama, GPT-2, Qwen2, Mistral).",
     )
-    generation_samples: int = Field(0, ge=0, description="Generate responses for the first N test records.")
-    max_new_tokens: int = Field(64, ge=1, description="Length limit of generated samples.")
+    generation_samples: int = Field(
+        0, ge=0, description="Without generation scorers: generate responses for the first N test records."
+    )
+    max_new_tokens: int = Field(64, ge=1, description="Length limit of generated replies (samples and scoring).")
+    generation: GenerationOptions = Field(
+        default_factory=GenerationOptions, description="Scoring of generated replies on validation and test."
+    )
 
 
 class CausalLMTask(Task):
     name = "causal_lm"
     Options = CausalLMOptions
     primary_metric = "perplexity"
-    metric_names = ("loss", "perplexity", "eval_tokens")
+    metric_names = ("loss", "perplexity", "eval_tokens", "distinct_fraction", *all_metric_names())
     greater_is_better = False
+    metadata_keys = frozenset({"references"})
     options: CausalLMOptions
 
     def __init__(self, options: Any, config: Any) -> None:
@@ -72,6 +115,23 @@ class CausalLMTask(Task):
         if "{prompt}" not in options.prompt_template:
             raise ConfigError(f"task.prompt_template must contain '{{prompt}}', got {options.prompt_template!r}")
         self.tokenizer: Any = None  # set by load_tokenizer/encode; decodes generation samples
+        #: Generate on every validation/test record: scorers or registered metrics need replies.
+        self.scoring = bool(options.generation.scorers or config.evaluation.extra_metrics)
+        self._validation: tuple[dict[str, np.ndarray], list[dict[str, Any]]] | None = None  # last scored
+        metric = config.evaluation.metric
+        owner = scorer_of_metric(metric) if metric else None
+        if owner is not None and owner not in options.generation.scorers:
+            raise ConfigError(
+                f"evaluation.metric: '{metric}' is a score of the generation scorer '{owner}'; add it to "
+                f"task.generation.scorers (now: {options.generation.scorers or 'none'})"
+            )
+        if metric == "distinct_fraction" and not self.scoring:
+            raise ConfigError("evaluation.metric: 'distinct_fraction' needs task.generation.scorers")
+
+    @classmethod
+    def metric_greater_is_better(cls, metric: str) -> bool:
+        """Loss, perplexity and the unparseable fraction go down; generation scores go up."""
+        return metric not in ("loss", "perplexity", "eval_tokens", *LOWER_IS_BETTER)
 
     def prepare(self, train_records: list[dict[str, Any]]) -> None:
         o = self.options
@@ -124,8 +184,8 @@ class CausalLMTask(Task):
     def encode_record(self, record: dict[str, Any], tokenizer: Any, where: str) -> tuple[list[int], list[int], int]:
         """``(input_ids, labels, prompt_length)`` of one record before truncation.
 
-        ``prompt_length`` is the number of tokens before the first trained token (what a
-        generation sample is conditioned on)."""
+        ``prompt_length`` is the number of tokens before the reply that generation is scored on
+        (the last assistant turn): what generation continues."""
         o = self.options
         if self._uses_chat(record):
             messages = self._messages(record, where)
@@ -198,6 +258,28 @@ class CausalLMTask(Task):
             raise DataError(f"{where}: field '{field}' has no 'assistant' turn to train on")
         return messages
 
+    def references(self, record: dict[str, Any], where: str) -> list[str]:
+        """The reference replies generation is scored against (``task.generation.references_field``,
+        else the response, or a chat record's last assistant turn)."""
+        g, o = self.options.generation, self.options
+        if g.references_field is not None:
+            value, field = record.get(g.references_field), g.references_field
+        elif self._uses_chat(record):
+            value, field = [m["content"] for m in self._messages(record, where) if m["role"] == "assistant"][-1], o.messages_field
+        else:
+            value, field = record.get(o.response_field), o.response_field
+        refs = [value] if isinstance(value, str) else value
+        if not isinstance(refs, list) or not refs or not all(isinstance(r, str) and r.strip() for r in refs):
+            raise DataError(f"{where}: field '{field}' must hold a non-empty reference string or a list of them, "
+                            f"got {value!r:.80}")
+        refs = [r.strip() for r in refs]
+        if g.labels is not None and "accuracy" in g.scorers:
+            unknown = [r for r in refs if r not in g.labels]
+            if unknown:
+                raise DataError(f"{where}: reference '{unknown[0]}' is not in task.generation.labels "
+                                f"({', '.join(g.labels)})")
+        return refs
+
     def _encode_chat(self, messages: list[dict[str, str]], tokenizer: Any, where: str) -> tuple[list[int], list[int], int]:
         render = lambda msgs, gen: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)  # noqa: E731
         text = render(messages, False)
@@ -218,7 +300,7 @@ class CausalLMTask(Task):
             labels = ids.copy()
         else:
             labels = [t if any(s <= a < e for s, e in spans) else IGNORE_INDEX for t, (a, _) in zip(ids, enc["offset_mapping"])]
-        start = spans[0][0]  # the first assistant turn starts the trained part
+        start = spans[-1][0]  # generation continues the conversation before the last assistant turn
         prompt_length = next((j for j, (a, _) in enumerate(enc["offset_mapping"]) if a >= start), len(ids))
         return ids, labels, prompt_length
 
@@ -226,7 +308,7 @@ class CausalLMTask(Task):
         self.tokenizer = tokenizer
         source = getattr(self.config.data, split, None) or f"{split} split"
         max_length = self.config.data.max_length
-        features, truncated, empty = [], 0, 0
+        features, truncated, empty, cut_prompts = [], 0, 0, 0
         if split == "predict":  # generate a reply for every record (and score a given one)
             for i, rec in enumerate(records):
                 ids, labels, prompt_length = self.encode_prompt(rec, tokenizer, record_origin(rec, source, i))
@@ -250,12 +332,18 @@ class CausalLMTask(Task):
                 if split == "train":
                     continue
             feat: dict[str, Any] = {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
-            if split == "test":
+            if split != "train" and self.scoring:
+                cut_prompts += prompt_length >= len(ids)
+                feat["references"] = self.references(rec, record_origin(rec, source, i))
+            if split == "test" or (split != "train" and self.scoring):
                 feat["prompt_length"] = min(prompt_length, len(ids))
-                feat["sample"] = int(i < self.options.generation_samples)
+                feat["sample"] = int(self.scoring or i < self.options.generation_samples)
             features.append(feat)
         if truncated:
             log.info("%s: %d of %d examples truncated to %d tokens", split, truncated, len(records), max_length)
+        if cut_prompts:
+            log.warning("%s: %d of %d prompts do not fit data.max_length=%d; their replies are generated from the "
+                        "cut prompt (raise data.max_length)", split, cut_prompts, len(records), max_length)
         if empty:
             action = "dropped from training" if split == "train" else "kept, they add no tokens to perplexity"
             log.warning("%s: %d of %d examples have no response tokens within data.max_length=%d (%s)",
@@ -265,9 +353,6 @@ class CausalLMTask(Task):
         if split == "train" and self.options.packing:
             features = pack_features(features, max_length, tokenizer.pad_token_id)
         return features
-
-    def collate(self, features: list[dict[str, Any]], tokenizer: Any) -> dict[str, torch.Tensor]:
-        return pad_features(features, pad_token_id=tokenizer.pad_token_id)
 
     def training_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # use_cache=False: no KV cache to build, and Hugging Face derives the packed-sequence
@@ -291,7 +376,7 @@ class CausalLMTask(Task):
         return out
 
     def _generate_samples(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Greedy continuations of the prompts flagged ``sample``; other rows are -100."""
+        """Greedy (or beam-search) continuations of the prompts flagged ``sample``; other rows are -100."""
         flags = batch["sample"].bool()
         empty = torch.full((len(flags), 1), IGNORE_INDEX, dtype=torch.long, device=flags.device)
         if not any_rank(bool(flags.any()), flags.device):
@@ -300,13 +385,39 @@ class CausalLMTask(Task):
         prompts = [row[: int(n)] for row, n in zip(batch["input_ids"], batch["prompt_length"])]
         input_ids, attention_mask = left_pad(prompts, pad)
         out = generate(model, input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=self.options.max_new_tokens,
-                       do_sample=False, pad_token_id=pad)
+                       num_beams=self.options.generation.num_beams, do_sample=False, use_cache=True, pad_token_id=pad)
         new = out[:, input_ids.shape[1]:]
         new = new.masked_fill(~flags[:, None], IGNORE_INDEX)
         return new if new.shape[1] else empty
 
     def compute_metrics(self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]]) -> dict[str, float]:
-        return perplexity_metrics(outputs["nll_sum"], outputs["tokens"])
+        metrics = perplexity_metrics(outputs["nll_sum"], outputs["tokens"])
+        if self.scoring and "generated" in outputs:
+            replies, references = self.generations(outputs, features)
+            for scores in self.scorer_functions(references).values():
+                metrics.update(scores(replies, references))
+            metrics["distinct_fraction"] = len(set(replies)) / max(1, len(replies))
+            if split == "validation":
+                self._validation = (outputs, features)
+        return metrics
+
+    def generations(self, outputs: dict[str, np.ndarray], features: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+        """Decoded replies and reference lists of the features that were generated for."""
+        rows = [i for i, f in enumerate(features) if f.get("sample") and "references" in f]
+        return ([decode_ids(self.tokenizer, outputs["generated"][i]) for i in rows],
+                [list(features[i]["references"]) for i in rows])
+
+    def metric_inputs(self, outputs: dict[str, np.ndarray], features: list[dict[str, Any]]) -> tuple[list[Any], list[Any]] | None:
+        """Generated replies and their reference lists, one per example (for registered metrics)."""
+        return self.generations(outputs, features) if "generated" in outputs else None
+
+    def scorer_functions(self, references: list[list[str]]) -> dict[str, Any]:
+        """The configured scorers as ``fn(replies, references)``; accuracy's label set is bound here
+        (``task.generation.labels``, else every distinct reference of the split)."""
+        g = self.options.generation
+        labels = g.labels if g.labels is not None else sorted({r for refs in references for r in refs})
+        return {name: functools.partial(SCORERS[name].fn, labels=labels) if name == "accuracy" else SCORERS[name].fn
+                for name in g.scorers}
 
     def predictions(self, outputs: dict[str, np.ndarray], features: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         preds = []
@@ -319,22 +430,36 @@ class CausalLMTask(Task):
         return preds
 
     def write_reports(self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]], directory: Path) -> None:
+        """``reports/{split}_generations.jsonl``: prompt, reference(s), output and, when scored,
+        the example's own score under every scorer."""
         if "generated" not in outputs:
             return
+        scorers = self.scorer_functions(self.generations(outputs, features)[1]) if self.scoring else {}
         rows = []
         for i, feat in enumerate(features):
             if not feat.get("sample"):
                 continue
-            ids, labels = feat["input_ids"], feat["labels"]
-            rows.append({
-                "prompt": self.tokenizer.decode(ids[: feat["prompt_length"]], skip_special_tokens=False),
-                "reference": decode_ids(self.tokenizer, [t for t in labels[feat["prompt_length"]:] if t != IGNORE_INDEX]),
-                "generated": decode_ids(self.tokenizer, outputs["generated"][i]),
-            })
+            row: dict[str, Any] = {"prompt": self.tokenizer.decode(feat["input_ids"][: feat["prompt_length"]], skip_special_tokens=False)}
+            output = decode_ids(self.tokenizer, outputs["generated"][i])
+            if "references" in feat:
+                refs = list(feat["references"])
+                row.update(reference=refs[0] if len(refs) == 1 else refs, output=output)
+                if scorers:
+                    row["score"] = {k: round(v, 6) for fn in scorers.values() for k, v in fn([output], [refs]).items()}
+            else:  # a sample without scoring: the trained reply is the reference
+                trained = [t for t in feat["labels"][feat["prompt_length"]:] if t != IGNORE_INDEX]
+                row.update(reference=decode_ids(self.tokenizer, trained), output=output)
+            rows.append(row)
         out = directory / "reports"
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{split}_generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        (out / f"{split}_generations.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                                       encoding="utf-8")
 
+    def write_validation_generations(self, directory: Path) -> None:
+        """Write the generations of the last scored validation evaluation (see ``tf_on_evaluate``)."""
+        if self._validation is not None:
+            outputs, features = self._validation
+            self.write_reports(outputs, "validation", features, directory)
 
 
 def perplexity_metrics(nll_sum: np.ndarray, tokens: np.ndarray) -> dict[str, float]:
@@ -386,3 +511,11 @@ def pack_features(features: list[dict[str, Any]], block: int, pad_id: int) -> li
 @hookimpl
 def tf_register_tasks(register: Any) -> None:
     register("causal_lm", CausalLMTask)
+
+
+@hookimpl
+def tf_on_evaluate(run: Any, step: int, split: str, metrics: dict[str, float]) -> None:
+    """Write ``reports/validation_generations.jsonl`` after every scored validation evaluation
+    (the test split's generations come with the task's ``write_reports``)."""
+    if split == "validation" and run.is_main and isinstance(run.task, CausalLMTask):
+        run.task.write_validation_generations(run.run_dir)

@@ -20,7 +20,6 @@ import json
 import logging
 import random
 import re
-import string
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -33,67 +32,12 @@ from tuneforge import hookimpl
 from tuneforge.data import iter_jsonl
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.tasks import Task, TaskOptions
-from tuneforge.text import char_span_to_token_span
+from tuneforge.text import char_span_to_token_span, squad_scores
+from tuneforge.text import exact_match_score as exact_match_score  # re-exported: the official script's parts
+from tuneforge.text import f1_score as f1_score
+from tuneforge.text import normalize_answer as normalize_answer
 
 log = logging.getLogger(__name__)
-
-
-# -- the official SQuAD evaluation ----------------------------------------------------
-
-
-PUNCTUATION = frozenset(string.punctuation)
-
-
-def normalize_answer(s: str) -> str:
-    """Lower text and remove punctuation, articles and extra whitespace (SQuAD v1.1 script)."""
-    s = s.lower()
-    s = "".join(ch for ch in s if ch not in PUNCTUATION)
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
-
-
-def exact_match_score(prediction: str, ground_truth: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(ground_truth))
-
-
-def f1_score(prediction: str, ground_truth: str) -> float:
-    """Token-overlap F1 of the SQuAD v1.1 script. An empty ground truth (an unanswerable
-    SQuAD v2 question) scores 1 only for an empty prediction, as in the v2 script."""
-    pred_tokens = normalize_answer(prediction).split()
-    gold_tokens = normalize_answer(ground_truth).split()
-    if ground_truth == "":
-        return float(not pred_tokens)
-    common = Counter(pred_tokens) & Counter(gold_tokens)
-    num_same = sum(common.values())
-    if num_same == 0:
-        return 0.0
-    precision = num_same / len(pred_tokens)
-    recall = num_same / len(gold_tokens)
-    return 2 * precision * recall / (precision + recall)
-
-
-def squad_scores(predictions: dict[str, str], gold: dict[str, list[str]]) -> dict[str, float]:
-    """EM and F1 in percent (max over gold answers, mean over questions), like the official
-    script; with unanswerable questions (gold ``[]``) also the has-answer/no-answer breakdown."""
-    em: dict[str, float] = {}
-    f1: dict[str, float] = {}
-    for qid, answers in gold.items():
-        if qid not in predictions:
-            raise ValueError(f"no prediction for question '{qid}'")
-        pred = predictions[qid]
-        truths = [a for a in answers if normalize_answer(a)] or [""]
-        em[qid] = max(exact_match_score(pred, a) for a in truths)
-        f1[qid] = max(f1_score(pred, a) for a in truths)
-    total = max(1, len(gold))
-    scores = {"exact_match": 100.0 * sum(em.values()) / total, "f1": 100.0 * sum(f1.values()) / total}
-    no_answer = {q for q, a in gold.items() if not any(normalize_answer(x) for x in a)}
-    if no_answer:
-        has_answer = set(gold) - no_answer
-        for name, ids in (("has_answer", has_answer), ("no_answer", no_answer)):
-            n = max(1, len(ids))
-            scores[f"{name}_exact_match"] = 100.0 * sum(em[q] for q in ids) / n
-            scores[f"{name}_f1"] = 100.0 * sum(f1[q] for q in ids) / n
-    return scores
 
 
 # -- reading ------------------------------------------------------------------------------

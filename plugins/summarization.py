@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -29,11 +28,9 @@ from tuneforge.data import record_origin, require_fields
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.hub import resolve_pretrained
 from tuneforge.tasks import Task, TaskOptions, decode_ids, generate
-from tuneforge.text import IGNORE_INDEX
+from tuneforge.text import IGNORE_INDEX, ROUGE_TYPES, rouge_scores
 
 log = logging.getLogger(__name__)
-ROUGE_TYPES = ("rouge1", "rouge2", "rougeLsum")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 class SummarizationOptions(TaskOptions):
@@ -81,25 +78,6 @@ def references_of(value: Any, where: str, field: str) -> list[str]:
     if not isinstance(refs, list) or not refs or not all(isinstance(r, str) and r.strip() for r in refs):
         raise DataError(f"{where}: field '{field}' must be a non-empty string or a non-empty list of them, got {value!r:.80}")
     return [r.strip() for r in refs]
-
-
-def rouge_scores(predictions: list[str], references: list[list[str]], use_stemmer: bool = True) -> dict[str, float]:
-    """Mean ROUGE-1/2/Lsum F-measures; each prediction scores against its best reference.
-
-    Sentences are put on separate lines first, which is what ROUGE-Lsum splits on."""
-    from rouge_score import rouge_scorer
-
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
-    lines = lambda text: "\n".join(_SENTENCE_END.split(text.strip()))  # noqa: E731
-    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
-    for pred, refs in zip(predictions, references):
-        best = scorer.score_multi([lines(r) for r in refs], lines(pred))
-        for k in ROUGE_TYPES:
-            totals[k] += best[k].fmeasure
-    n = max(1, len(predictions))
-    return {k: v / n for k, v in totals.items()}
 
 
 class SummarizationTask(Task):

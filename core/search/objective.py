@@ -55,7 +55,7 @@ def resolve_objectives(config: RunConfig, task_cls: Any) -> list[Objective]:
     """The study's objectives, with directions filled in from the task where omitted."""
     assert config.search is not None
     selection = config.evaluation.metric or task_cls.primary_metric
-    greater = task_cls.greater_is_better if config.evaluation.greater_is_better is None else (
+    greater = task_cls.metric_greater_is_better(selection) if config.evaluation.greater_is_better is None else (
         config.evaluation.greater_is_better)
     specs = config.search.objectives or []
     if not specs:

@@ -1,4 +1,4 @@
-"""Causal-LM instruction tuning: parsing, label masking, packing, perplexity, a tiny run."""
+"""Causal-LM instruction tuning: parsing, label masking, packing, perplexity, scored generations, tiny runs."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tuneforge import hookimpl
 from tuneforge.config import resolve_paths, validate
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.plugins.causal_lm import CausalLMTask, pack_features, perplexity_metrics
@@ -253,7 +254,7 @@ def test_tiny_config_run_learns(tf_run, tiny_llama, tmp_path):
     assert results["test"]["perplexity"] < 400  # vocabulary size: below chance
     samples = [json.loads(x) for x in (run_dir / "reports" / "test_generations.jsonl").read_text().splitlines()]
     assert len(samples) == 2 and all(s["prompt"].startswith("<|user|>") and s["reference"] for s in samples)
-    assert all(isinstance(s["generated"], str) for s in samples)
+    assert all(isinstance(s["output"], str) and "score" not in s for s in samples)
 
 
 def test_chat_records_train_with_packing(tf_run, tiny_causal_lm_config, tiny_instruction_data):
@@ -269,3 +270,112 @@ def test_chat_records_train_with_packing(tf_run, tiny_causal_lm_config, tiny_ins
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [x["loss"] for x in lines if x["split"] == "train"]
     assert train[-1] < train[0]
+
+
+# -- generations scored on validation and test ---------------------------------------------------
+
+
+def test_scored_features_carry_references_and_the_training_prompt(tiny_llama, tokenizer):
+    task = make_task(tiny_llama, generation={"scorers": ["exact_match"], "references_field": None})
+    messages = [{"role": "user", "content": "good"}, {"role": "assistant", "content": "bad"},
+                {"role": "user", "content": "sun"}, {"role": "assistant", "content": "rain"}]
+    chat, plain = task.encode([{"messages": messages}, {"prompt": "fun", "response": " boring "}], tokenizer, "validation")
+    # generation continues exactly the tokens training saw before the last assistant turn
+    prompt = tokenizer.decode(chat["input_ids"][: chat["prompt_length"]])
+    assert prompt == tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    assert chat["references"] == ["rain"] and plain["references"] == ["boring"]
+    assert chat["sample"] == plain["sample"] == 1
+    assert "references" not in task.collate([chat, plain], tokenizer)  # metadata, not a model input
+    several = make_task(tiny_llama, generation={"scorers": ["rouge"], "references_field": "tldrs"})
+    [feat] = several.encode([{"prompt": "a", "response": "b", "tldrs": ["one", "two"]}], tokenizer, "test")
+    assert feat["references"] == ["one", "two"]
+    with pytest.raises(DataError, match="record 1: field 'tldrs' must hold a non-empty reference string"):
+        several.encode([{"prompt": "a", "response": "b", "tldrs": []}], tokenizer, "test")
+    labelled = make_task(tiny_llama, generation={"scorers": ["accuracy"], "labels": ["bad", "rain"]})
+    with pytest.raises(DataError, match=r"record 1: reference 'sun' is not in task\.generation\.labels"):
+        labelled.encode([{"prompt": "a", "response": "sun"}], tokenizer, "validation")
+
+
+def test_batched_left_padded_generation_equals_one_by_one(tiny_llama, tokenizer):
+    task = make_task(tiny_llama, max_new_tokens=5, generation={"scorers": ["exact_match"]})
+    records = [{"prompt": "good", "response": "bad"}, {"prompt": "what is the opposite of sun and fun", "response": "x"},
+               {"prompt": "yes this", "response": "no that"}]
+    feats = task.encode(records, tokenizer, "validation")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    with torch.no_grad():
+        batched = task.evaluation_step(model, task.collate(feats, tokenizer))["generated"]
+        for i, f in enumerate(feats):
+            alone = task.evaluation_step(model, task.collate([f], tokenizer))["generated"][0]
+            assert batched[i, : len(alone)].tolist() == alone.tolist()
+        beams = make_task(tiny_llama, max_new_tokens=5, generation={"scorers": ["exact_match"], "num_beams": 2})
+        beamed = beams.evaluation_step(model, beams.collate(beams.encode(records, tokenizer, "test"), tokenizer))
+        assert beamed["generated"].shape[0] == 3
+
+
+class ReplyLength:
+    """A plugin metric: mean characters of the generated replies (``metric_inputs`` feeds it)."""
+
+    @hookimpl
+    def tf_register_metrics(self, register):
+        register("reply_chars", lambda predictions, references: sum(map(len, predictions)) / len(predictions))
+
+
+def test_generation_scored_run_selects_on_rouge(tf_run, tiny_causal_lm_config):
+    config = tiny_causal_lm_config
+    config["task"].update(max_new_tokens=6, generation={"scorers": ["exact_match", "accuracy", "rouge", "squad",
+                                                                   "chrf", "bleu"]})
+    config["evaluation"].update(metric="rougeLsum", extra_metrics=["reply_chars"])
+    results, run_dir = tf_run(config, plugins=[ReplyLength()])
+    names = {"perplexity", "exact_match", "accuracy", "unparseable", "rouge1", "rouge2", "rougeLsum",
+             "squad_exact_match", "squad_f1", "chrf", "bleu", "distinct_fraction", "reply_chars"}
+    assert names <= set(results["test"]) and names <= set(results["validation"])
+    assert json.loads((run_dir / "results.json").read_text())["metric"] == "rougeLsum"
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    val = [x for x in lines if x["split"] == "validation"]
+    assert len(val) == 2 and results["best_metric"] == max(x["rougeLsum"] for x in val)  # greater is better
+    for split, n in (("validation", 16), ("test", 16)):
+        rows = [json.loads(x) for x in (run_dir / "reports" / f"{split}_generations.jsonl").read_text().splitlines()]
+        assert len(rows) == n
+        assert all(set(r) == {"prompt", "reference", "output", "score"} for r in rows)
+        assert rows[0]["prompt"].startswith("<|user|>") and rows[0]["prompt"].endswith("<|assistant|>\n")
+        assert set(rows[0]["score"]) == names - {"perplexity", "distinct_fraction", "reply_chars"}
+    outputs = [r["output"] for r in rows]
+    assert results["test"]["reply_chars"] == pytest.approx(sum(map(len, outputs)) / len(outputs))
+    assert results["test"]["exact_match"] == pytest.approx(sum(r["score"]["exact_match"] for r in rows) / len(rows))
+    assert results["test"]["distinct_fraction"] == pytest.approx(len(set(outputs)) / len(outputs))
+
+
+def test_early_stopping_on_a_generation_metric(tf_run, tiny_causal_lm_config):
+    config = tiny_causal_lm_config
+    config["task"].update(max_new_tokens=3, generation={"scorers": ["accuracy"]})
+    config["data"].pop("test")
+    config["evaluation"].update(metric="unparseable", every_n_steps=5, early_stopping_patience=1,
+                                early_stopping_min_delta=2.0)  # no change of a fraction is that large
+    results, _ = tf_run(config)
+    assert results["status"] == "early_stopped" and results["steps"] == 10 and results["best_step"] == 5
+    assert CausalLMTask.metric_greater_is_better("rougeLsum") and not CausalLMTask.metric_greater_is_better("unparseable")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"task.generation.scorers": ["rogue"]},
+         "'task.generation.scorers': no scorer named 'rogue' (did you mean 'rouge'?); valid scorers: exact_match, "
+         "accuracy, rouge, squad, chrf, bleu"),
+        ({"evaluation.metric": "rougeL"}, "task 'causal_lm' does not produce 'rougeL' (did you mean 'rouge"),
+        ({"evaluation.metric": "squad_f1"},
+         "evaluation.metric: 'squad_f1' is a score of the generation scorer 'squad'; add it to task.generation.scorers"),
+    ],
+)
+def test_bad_generation_config_fails_before_training(tf_run, tiny_causal_lm_config, changes, message):
+    config = tiny_causal_lm_config
+    for key, value in changes.items():
+        section, _, rest = key.partition(".")
+        if rest.startswith("generation."):
+            config[section]["generation"] = {rest.split(".")[1]: value}
+        else:
+            config[section][rest] = value
+    with pytest.raises(ConfigError) as err:
+        tf_run(config)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not (Path(config["output"]["dir"]) / "checkpoints").exists()
