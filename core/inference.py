@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tuneforge.builders import build_eval_loaders, build_plugins, load_trained_model
+from tuneforge.builders import build_eval_loaders, build_plugins, load_records, load_trained_model
 from tuneforge.config import RunConfig, load_config, load_config_dict
 from tuneforge.errors import ConfigError
 from tuneforge.evaluation import collect_outputs
@@ -97,6 +97,25 @@ def load(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net.to(device)
     return TrainedModel(config, task_obj, tokenizer, net, model_dir, run_dir, device, pm)
+
+
+def load_base(config_path: Path, overrides: list[str] | None = None, plugins: Any = None) -> TrainedModel:
+    """The untrained base model of a run config (``tuneforge evaluate --config``: zero-shot
+    scores), built as :func:`tuneforge.run.train` builds it: preflight, the task prepared on the
+    training records, the task's model without an adapter."""
+    from tuneforge.preflight import preflight
+
+    config = load_config(config_path, list(overrides or []))
+    plan = preflight(config, plugins, check_output=False)
+    with plan.plugins.blaming():
+        task = plan.make_task()
+        records = load_records(config, task, plan.records)
+        tokenizer = task.load_tokenizer()
+        task.prepare(records["train"])
+        net = task.build_model(tokenizer).eval()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net.to(device)
+    return TrainedModel(config, task, tokenizer, net, Path(task.model_path()), None, device, plan.plugins)
 
 
 def infer(

@@ -78,7 +78,15 @@ class CausalLMOptions(TaskOptions):
         "auto", description="auto: 'chat' for records with messages_field, else prompt/response."
     )
     prompt_field: str = Field("prompt", description="Field holding the prompt (instruction + input).")
-    response_field: str = Field("response", description="Field holding the target response.")
+    prompt_format: str | None = Field(
+        None, description="Build the prompt from record fields instead of prompt_field: a Python format string "
+        "such as 'Summarise in one sentence:\\n\\n{source}' (a list field is joined with spaces), so a csv/jsonl "
+        "data set is used as it is.",
+    )
+    response_field: str = Field(
+        "response", description="Field holding the target response; a list of references trains on the first "
+        "and scores generations against all.",
+    )
     messages_field: str = Field("messages", description="Field holding a list of {role, content} chat turns.")
     use_chat_template: Literal["auto", "always", "never"] = Field(
         "auto", description="Render prompt/response pairs with the tokenizer's chat template (auto: when it has one)."
@@ -137,7 +145,8 @@ class CausalLMTask(Task):
         o = self.options
         source = self.config.data.train or "train split"
         if o.input_format == "prompt_response":
-            require_fields(train_records, [o.prompt_field, o.response_field], source)
+            prompt = [] if o.prompt_format is not None else [o.prompt_field]
+            require_fields(train_records, [*prompt, o.response_field], source)
         elif o.input_format == "chat":
             require_fields(train_records, [o.messages_field], source)
 
@@ -180,6 +189,28 @@ class CausalLMTask(Task):
         if mode == "always" and not has:
             raise ConfigError(f"task.use_chat_template=always but the tokenizer of {source} has no chat template")
         return has and mode != "never"
+
+    def formatted(self, record: dict[str, Any], where: str) -> dict[str, Any]:
+        """``record`` with its prompt built by ``prompt_format`` (unchanged without one) and a list
+        response reduced to its first reference (the training target; references keep the list)."""
+        o = self.options
+        out = dict(record)
+        if o.prompt_format is not None and not self._uses_chat(record):
+            fields = {k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in record.items()}
+            try:
+                out[o.prompt_field] = o.prompt_format.format_map(fields)
+            except KeyError as exc:
+                have = ", ".join(sorted(record)) or "none"
+                raise DataError(f"{where}: task.prompt_format names field {exc} that the record lacks "
+                                f"(fields present: {have})") from None
+            except (ValueError, IndexError) as exc:
+                raise ConfigError(f"task.prompt_format: not a valid format string ({exc}); name fields as "
+                                  "{field} and write literal braces as {{ }}") from None
+        response = record.get(o.response_field)
+        if isinstance(response, list) and response and all(isinstance(r, str) for r in response):
+            out[o.response_field] = response[0]
+            out.setdefault("_references", response)
+        return out
 
     def encode_record(self, record: dict[str, Any], tokenizer: Any, where: str) -> tuple[list[int], list[int], int]:
         """``(input_ids, labels, prompt_length)`` of one record before truncation.
@@ -267,7 +298,7 @@ class CausalLMTask(Task):
         elif self._uses_chat(record):
             value, field = [m["content"] for m in self._messages(record, where) if m["role"] == "assistant"][-1], o.messages_field
         else:
-            value, field = record.get(o.response_field), o.response_field
+            value, field = record.get("_references", record.get(o.response_field)), o.response_field
         refs = [value] if isinstance(value, str) else value
         if not isinstance(refs, list) or not refs or not all(isinstance(r, str) and r.strip() for r in refs):
             raise DataError(f"{where}: field '{field}' must hold a non-empty reference string or a list of them, "
@@ -311,7 +342,8 @@ class CausalLMTask(Task):
         features, truncated, empty, cut_prompts = [], 0, 0, 0
         if split == "predict":  # generate a reply for every record (and score a given one)
             for i, rec in enumerate(records):
-                ids, labels, prompt_length = self.encode_prompt(rec, tokenizer, record_origin(rec, source, i))
+                where = record_origin(rec, source, i)
+                ids, labels, prompt_length = self.encode_prompt(self.formatted(rec, where), tokenizer, where)
                 if prompt_length > max_length:  # keep the end of the prompt: that is what is continued
                     truncated += 1
                     ids = ids[prompt_length - max_length : prompt_length]
@@ -322,8 +354,10 @@ class CausalLMTask(Task):
             if truncated:
                 log.info("predict: %d of %d prompts cut to their last %d tokens", truncated, len(records), max_length)
             return features
-        for i, rec in enumerate(records):
-            ids, labels, prompt_length = self.encode_record(rec, tokenizer, record_origin(rec, source, i))
+        for i, original in enumerate(records):
+            where = record_origin(original, source, i)
+            rec = self.formatted(original, where)
+            ids, labels, prompt_length = self.encode_record(rec, tokenizer, where)
             if len(ids) > max_length:
                 truncated += 1
                 ids, labels = ids[:max_length], labels[:max_length]
@@ -334,7 +368,7 @@ class CausalLMTask(Task):
             feat: dict[str, Any] = {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
             if split != "train" and self.scoring:
                 cut_prompts += prompt_length >= len(ids)
-                feat["references"] = self.references(rec, record_origin(rec, source, i))
+                feat["references"] = self.references(rec, where)
             if split == "test" or (split != "train" and self.scoring):
                 feat["prompt_length"] = min(prompt_length, len(ids))
                 feat["sample"] = int(self.scoring or i < self.options.generation_samples)

@@ -21,6 +21,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", type=Path, help="run directory written by `tuneforge train` (config.yaml + model/)")
     source.add_argument("--model", type=Path, help="a Hugging Face model directory (e.g. a run's model/ or an export)")
+    source.add_argument("--config", type=Path, help="a run config: its untrained base model (zero-shot), as "
+                        "`train` would build it")
     parser.add_argument("--task", help="task plugin name; needed with --model outside a run directory")
     parser.add_argument("--batch-size", type=int, help="examples per batch (default: the run's eval batch size)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -49,9 +51,12 @@ def _evaluate(args: argparse.Namespace) -> tuple[dict[str, float], int, Path]:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     inference.quiet_transformers()
     overrides = list(args.overrides) + ([f"data.test={args.data}"] if args.data else [])
-    trained = inference.load(args.run, args.model, args.task, overrides)
+    if args.config is not None:
+        trained = inference.load_base(args.config, overrides)
+    else:
+        trained = inference.load(args.run, args.model, args.task, overrides)
     data = trained.config.data.test or trained.config.data.validation
-    if args.data is None and (data is None or trained.run_dir is None):
+    if args.data is None and (data is None or (trained.run_dir is None and args.config is None)):
         raise ConfigError("no data to evaluate on: pass --data FILE (a labelled file in the task's format)")
     assert data is not None
     started = time.perf_counter()
@@ -62,7 +67,10 @@ def _evaluate(args: argparse.Namespace) -> tuple[dict[str, float], int, Path]:
     metrics = inference.compute_metrics(trained, outputs, "test", features)
     seconds = time.perf_counter() - started
 
-    base = trained.run_dir / "eval" if trained.run_dir is not None else Path("eval")
+    if trained.run_dir is not None:
+        base = trained.run_dir / "eval"
+    else:  # a base model: beside the run its config would write
+        base = Path(trained.config.output.dir) / "zero-shot" if args.config is not None else Path("eval")
     out = args.output or base / Path(data).stem
     out.mkdir(parents=True, exist_ok=True)
     summary = {

@@ -37,7 +37,10 @@ def _predict(args: argparse.Namespace) -> tuple[int, float]:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     inference.quiet_transformers()
-    trained = inference.load(args.run, args.model, args.task, list(args.overrides))
+    if args.config is not None:
+        trained = inference.load_base(args.config, list(args.overrides))
+    else:
+        trained = inference.load(args.run, args.model, args.task, list(args.overrides))
     started = time.perf_counter()
     records = trained.task.read(str(args.data), "predict")
     features, outputs = inference.infer(trained, records, "predict", args.batch_size)

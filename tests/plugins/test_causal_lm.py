@@ -379,3 +379,24 @@ def test_bad_generation_config_fails_before_training(tf_run, tiny_causal_lm_conf
         tf_run(config)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert not (Path(config["output"]["dir"]) / "checkpoints").exists()
+
+
+def test_prompt_format_builds_prompts_from_record_fields(tiny_llama, tokenizer):
+    """A data set is used as it is: the prompt comes from its fields, a list response trains on
+    the first reference and is scored against all of them."""
+    task = make_task(tiny_llama, use_chat_template="never", prompt_template="{prompt}\n",
+                     prompt_format="Summarise: {source}", response_field="target",
+                     generation={"scorers": ["rouge"]})
+    record = {"source": ["First sentence.", "Second one."], "target": ["tldr one", "tldr two"]}
+    [train] = task.encode([record], tokenizer, "train")
+    n = len(tokenizer("Summarise: First sentence. Second one.\n")["input_ids"])
+    assert train["input_ids"][:n] == tokenizer("Summarise: First sentence. Second one.\n")["input_ids"]
+    assert trained_text(tokenizer, train) == "tldr one</s>"
+    [val] = task.encode([record], tokenizer, "validation")
+    assert val["references"] == ["tldr one", "tldr two"] and val["prompt_length"] == n
+    with pytest.raises(DataError, match=r"record 1: task\.prompt_format names field 'source'"):
+        task.encode([{"text": "x", "target": "y"}], tokenizer, "train")
+    intents = make_task(tiny_llama, prompt_format="Intent of: {text}", response_field="label")
+    intents.prepare([{"text": "play", "label": "PlayMusic"}])  # no 'prompt' field needed
+    [feat] = intents.encode([{"text": "play", "label": "PlayMusic"}], tokenizer, "train")
+    assert "Intent of: play" in tokenizer.decode(feat["input_ids"])
