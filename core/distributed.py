@@ -511,6 +511,30 @@ class Runtime:
             self._engine = self.accelerator.deepspeed_engine_wrapped.engine
         return prepared if isinstance(prepared, tuple) else (prepared,)
 
+    def prepare_frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A model that is only run forward beside the trained one (a task's frozen reference):
+        parameters frozen, eval mode, placed like the policy. Single/DDP: on this rank's device
+        (with the run's autocast, not wrapped in DDP: it has no gradients to sync). DeepSpeed:
+        an inference engine from the run's config without optimizer (ZeRO-3 shards it like the
+        policy; under ZeRO-1/2 each rank holds it whole, stage 0), as TRL's ``prepare_deepspeed``.
+        Call it after :meth:`prepare` (the ZeRO bucket sizes are filled then)."""
+        model.requires_grad_(False)
+        model.eval()
+        if not self.is_deepspeed:
+            return self.accelerator.prepare_model(model, evaluation_mode=True)
+        import deepspeed
+
+        ds = copy.deepcopy(self.accelerator.state.deepspeed_plugin.deepspeed_config)
+        ds.pop("optimizer", None)
+        ds.pop("scheduler", None)
+        zero = ds.setdefault("zero_optimization", {})
+        zero.pop("offload_optimizer", None)
+        if int(zero.get("stage", 0)) != 3:
+            zero["stage"] = 0
+        engine, *_ = deepspeed.initialize(model=model, config=ds)
+        engine.eval()
+        return engine  # type: ignore[no-any-return]
+
     def _fill_bucket_sizes(self, objects: tuple[Any, ...]) -> None:
         """Accelerate derives ZeRO bucket sizes from ``model.config.hidden_size``; a model
         without one gets DeepSpeed's own defaults instead of an error."""
