@@ -84,6 +84,7 @@ def train_plan(plan: Plan) -> dict[str, Any]:
     optimizer = build_optimizer(model, config)
     model, optimizer, train_loader, *prepared = runtime.prepare(model, optimizer, train_loader, *eval_loaders.values())
     eval_loaders = dict(zip(eval_loaders, prepared))
+    task.setup(runtime, model)  # before restore: the model still holds its initial weights
     total_steps = total_training_steps(
         config, steps_per_epoch(len(train_loader) * runtime.num_processes, runtime.num_processes,
                                 t.gradient_accumulation_steps)

@@ -148,6 +148,13 @@ class Task(ABC):
         model = self.build_model(tokenizer)
         return getattr(model, "base_model", model)
 
+    def setup(self, runtime: Any, model: torch.nn.Module) -> None:  # noqa: B027 - optional hook
+        """Called once on every rank by ``tuneforge train`` after ``runtime.prepare(model, ...)``
+        and before a checkpoint is restored (``model`` still holds its initial weights): build
+        what the task runs beside the trained model, e.g. a frozen reference model placed with
+        ``runtime.prepare_frozen`` (see :class:`tuneforge.distributed.Runtime`). Every rank must
+        run the same forward passes here (ZeRO-3 gathers weights collectively)."""
+
     # -- features -------------------------------------------------------------------
 
     @abstractmethod

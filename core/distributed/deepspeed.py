@@ -70,6 +70,25 @@ class DeepSpeedRuntime(Runtime):
             self._engine = self.accelerator.deepspeed_engine_wrapped.engine
         return prepared
 
+    def prepare_frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        """An inference engine from the run's DeepSpeed config without optimizer, as TRL's
+        ``prepare_deepspeed``: ZeRO-3 shards the frozen model like the policy; under ZeRO-1/2 each
+        rank holds it whole (stage 0). Call it after :meth:`prepare` (bucket sizes are filled then)."""
+        import deepspeed
+
+        model.requires_grad_(False)
+        model.eval()
+        ds = copy.deepcopy(self.accelerator.state.deepspeed_plugin.deepspeed_config)
+        ds.pop("optimizer", None)
+        ds.pop("scheduler", None)
+        zero = ds.setdefault("zero_optimization", {})
+        zero.pop("offload_optimizer", None)
+        if int(zero.get("stage", 0)) != 3:
+            zero["stage"] = 0
+        engine, *_ = deepspeed.initialize(model=model, config=ds)
+        engine.eval()
+        return engine  # type: ignore[no-any-return]
+
     def _fill_bucket_sizes(self, objects: tuple[Any, ...]) -> None:
         """Accelerate derives ZeRO bucket sizes from ``model.config.hidden_size``; a model
         without one gets DeepSpeed's own defaults instead of an error."""

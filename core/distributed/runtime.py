@@ -130,6 +130,14 @@ class Runtime:
         prepared = self.accelerator.prepare(*objects)
         return prepared if isinstance(prepared, tuple) else (prepared,)
 
+    def prepare_frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A model that is only run forward beside the trained one (a task's frozen reference):
+        parameters frozen, eval mode, on this rank's device with the run's autocast, not wrapped
+        in DDP (it has no gradients to sync). Call it after :meth:`prepare`."""
+        model.requires_grad_(False)
+        model.eval()
+        return self.accelerator.prepare_model(model, evaluation_mode=True)  # type: ignore[no-any-return]
+
     def register_for_checkpointing(self, *objects: Any) -> None:
         self.accelerator.register_for_checkpointing(*objects)
 
