@@ -45,9 +45,12 @@ class TrainedModel:
 
 
 def resolve_source(
-    run: Path | None, model: Path | None, task: str | None, overrides: list[str]
+    run: Path | None, model: Path | None, task: str | None, overrides: list[str], default_task: str | None = None
 ) -> tuple[RunConfig, Path, Path | None]:
-    """(config, model directory, run directory or None) from ``--run``/``--model``/``--task``."""
+    """(config, model directory, run directory or None) from ``--run``/``--model``/``--task``.
+
+    ``default_task`` is the task of a ``--model`` outside a run directory when ``--task`` is not
+    given (``tuneforge chat``: causal_lm); without one, ``--task`` is required there."""
     overrides = [*overrides, f"task.name={task}"] if task is not None else list(overrides)
     if run is not None:
         config_path = run / "config.yaml"
@@ -64,8 +67,9 @@ def resolve_source(
         raise ConfigError(f"--model '{model}' is not a directory; pass a Hugging Face model directory "
                           "(for example a run's model/)")
     parent_config = model.parent / "config.yaml"
-    if task is None and parent_config.is_file():  # a run's model/ directory
+    if task is None and parent_config.is_file():  # a run's model/ directory (or its merged export)
         return load_config(parent_config, overrides), model, model.parent
+    task = task or default_task
     if task is None:
         raise ConfigError(f"--model '{model}' is not inside a run directory, so tuneforge cannot tell its task; "
                           "pass --task NAME (see `tuneforge plugins`)")
@@ -90,7 +94,11 @@ def load(
     plugins: Any = None,
 ) -> TrainedModel:
     """Load a trained model for inference (see :func:`resolve_source` for the arguments)."""
-    config, model_dir, run_dir = resolve_source(run, model, task, list(overrides or []))
+    return load_resolved(*resolve_source(run, model, task, list(overrides or [])), plugins=plugins)
+
+
+def load_resolved(config: RunConfig, model_dir: Path, run_dir: Path | None, plugins: Any = None) -> TrainedModel:
+    """:func:`load` from what :func:`resolve_source` returned (a command can check them first)."""
     pm = plugins or build_plugins(config)
     with pm.blaming():
         task_obj, tokenizer, net = load_trained_model(config, model_dir, pm)
