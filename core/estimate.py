@@ -23,13 +23,19 @@ activations of a batch meet the gradients being accumulated in backward.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneforge.config import RunConfig
 from tuneforge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tuneforge.distributed import Strategy
+
+log = logging.getLogger("tuneforge")
 
 MIB, GIB = 2**20, 2**30
 
@@ -369,16 +375,18 @@ def activation_bytes(arch: Architecture, batch: int, seq: int, element_bytes: fl
     return int(batch * seq * (per_token + outer) * element_bytes)
 
 
-def estimate(config: RunConfig, world_size: int | None = None) -> Estimate:
-    """The memory estimate of ``config`` per rank; ``world_size`` overrides the launcher's."""
+def estimate(config: RunConfig, world_size: int | None = None, strategy: Strategy | None = None) -> Estimate:
+    """The memory estimate of ``config`` per rank under ``strategy`` (default: resolved from the
+    config and the environment, ``world_size`` overriding the launcher's)."""
     import os
 
     from tuneforge.distributed import resolve_strategy
 
-    env = dict(os.environ)
-    if world_size is not None:
-        env["WORLD_SIZE"] = str(world_size)
-    strategy = resolve_strategy(config, env)
+    if strategy is None:
+        env = dict(os.environ)
+        if world_size is not None:
+            env["WORLD_SIZE"] = str(world_size)
+        strategy = resolve_strategy(config, env)
     model_config = read_model_config(config)
     arch = architecture_from_config(model_config)
     table = module_table(arch)
@@ -480,3 +488,20 @@ def describe_fit(est: Estimate, device_bytes: int, device: str = "the device") -
     return (f"estimated peak memory per rank {_gib(est.peak)} (+{CUDA_RESERVE // MIB} MiB CUDA context) exceeds "
             f"{device} ({_gib(device_bytes)}); see `tuneforge estimate` for the breakdown and try an adapter, "
             "gradient checkpointing, a smaller batch, mixed precision or a higher ZeRO stage")
+
+
+def warn_if_over_device_memory(config: RunConfig, strategy: Strategy) -> None:
+    """Preflight, on a CUDA machine: warn (never fail) when the estimate exceeds GPU 0's memory.
+    An estimate that cannot be made (an architecture not counted here) is logged at debug level."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    try:
+        est = estimate(config, strategy=strategy)
+    except Exception as exc:  # an estimate is advice: nothing about it may stop a run
+        log.debug("no memory estimate: %s", exc)
+        return
+    props = torch.cuda.get_device_properties(0)
+    if (warning := describe_fit(est, props.total_memory, f"GPU 0 ({props.name})")) is not None:
+        log.warning(warning)
