@@ -114,7 +114,7 @@ def architecture_from_config(cfg: Mapping[str, Any], source: str = "model.name_o
                             tied=bool(cfg.get("tie_word_embeddings", True)), positions=int(cfg["n_positions"]),
                             attention_bias=True, mlp_bias=True)
     h, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
-    common = {"hidden": h, "layers": int(cfg["num_hidden_layers"]), "heads": heads,
+    common: dict[str, Any] = {"hidden": h, "layers": int(cfg["num_hidden_layers"]), "heads": heads,
               "intermediate": int(cfg["intermediate_size"]), "vocab": int(cfg["vocab_size"])}
     if kind in ENCODER_TYPES:
         return Architecture(kind, kv_heads=heads, head_dim=h // heads, positions=int(cfg["max_position_embeddings"]),
@@ -170,7 +170,7 @@ def gguf_config(header: Any) -> dict[str, Any]:
     from tuneforge.gguf import ARCHITECTURE_ALIASES
 
     arch = header.architecture
-    renames = GGUF_CONFIG_MAPPING.get(arch, {})
+    renames: Mapping[str, Any] = GGUF_CONFIG_MAPPING.get(arch) or {}  # type: ignore[assignment]
     out: dict[str, Any] = {"model_type": ARCHITECTURE_ALIASES.get(arch, arch)}
     for key, value in header.metadata.items():
         target = renames.get(key.removeprefix(f"{arch}."))

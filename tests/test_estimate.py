@@ -22,7 +22,13 @@ from transformers import (
 from tuneforge.cli import main
 from tuneforge.config import validate
 from tuneforge.errors import ConfigError
-from tuneforge.estimate import architecture_from_config, count_parameters, estimate, module_table, parse_memory
+from tuneforge.estimate import (
+    architecture_from_config,
+    count_parameters,
+    estimate,
+    module_table,
+    parse_memory,
+)
 
 pytestmark = pytest.mark.usefixtures("tf_single_thread")
 
@@ -130,7 +136,7 @@ def test_gradient_checkpointing_lowers_activations(tiny_llama):
 
 
 def test_unsupported_architecture_is_one_line():
-    with pytest.raises(ConfigError, match="counts the architectures .* this model is 't5'"):
+    with pytest.raises(ConfigError, match=r"counts the architectures .* this model is 't5'"):
         architecture_from_config({"model_type": "t5"})
 
 
