@@ -26,7 +26,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,9 @@ class GGUFHeader:
     file_type: str
     #: ``{ggml type name: number of tensors}``, e.g. ``{"Q4_1": 210, "F32": 61, "Q8_0": 1}``.
     tensor_types: dict[str, int]
+    #: Metadata scalars and strings by key (an array: its length, e.g. ``tokenizer.ggml.tokens``).
+    metadata: dict[str, Any] = field(default_factory=dict)
+    tensor_names: tuple[str, ...] = ()
 
     def describe(self) -> str:
         counts = ", ".join(f"{n} {name}" for name, n in sorted(self.tensor_types.items(), key=lambda kv: -kv[1]))
@@ -152,8 +155,10 @@ def read_header(path: Path, key: str = "model.name_or_path") -> GGUFHeader:
                 (value_type,) = struct.unpack_from("<I", buf, pos)
                 metadata[name], pos = _read_value(buf, pos + 4, value_type)
             types: Counter[str] = Counter()
+            names = []
             for _ in range(n_tensors):
-                _, pos = _read_string(buf, pos)
+                tensor_name, pos = _read_string(buf, pos)
+                names.append(tensor_name)
                 (n_dims,) = struct.unpack_from("<I", buf, pos)
                 (ggml_type,) = struct.unpack_from("<I", buf, pos + 4 + 8 * n_dims)
                 pos += 4 + 8 * n_dims + 12
@@ -163,7 +168,8 @@ def read_header(path: Path, key: str = "model.name_or_path") -> GGUFHeader:
     architecture = metadata.get("general.architecture")
     if not isinstance(architecture, str):
         raise ConfigError(f"{key}: GGUF file '{path}' has no general.architecture in its metadata")
-    return GGUFHeader(path, architecture, _file_type(metadata.get("general.file_type"), types), dict(types))
+    return GGUFHeader(path, architecture, _file_type(metadata.get("general.file_type"), types), dict(types),
+                      metadata, tuple(names))
 
 
 def _file_type(value: Any, types: Counter[str]) -> str:

@@ -72,6 +72,9 @@ def preflight(config: RunConfig, plugins: PluginManager | None = None, *, check_
         raise ConfigError(f"task '{config.task.name}' has no primary metric; set evaluation.metric")
     if check_output:
         check_output_dir(config)
+    from tuneforge.estimate import warn_if_over_device_memory  # CUDA only; never fatal
+
+    warn_if_over_device_memory(config, plan.strategy)
     return plan
 
 
