@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from tuneforge.config import RunConfig
-from tuneforge.data import load_hub_split, make_loader
+from tuneforge.data import load_hub_split, make_loader, require_fields, sample_per_label, stratified_folds
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.plugin_manager import PluginManager
 from tuneforge.tasks import Task
@@ -56,7 +56,8 @@ def load_records(
     config: RunConfig, task: Task, read: dict[str, list[dict[str, Any]]] | None = None
 ) -> dict[str, list[dict[str, Any]]]:
     """The records of each split: local files (``read``: already read by preflight), hub
-    splits, a validation split carved from train, then the ``max_*_samples`` caps."""
+    splits, the K-shot draw and cross-validation fold (:func:`few_shot_records`), a validation
+    split carved from train, then the ``max_*_samples`` caps."""
     d = config.data
     records: dict[str, list[dict[str, Any]]] = {}
     for split in SPLITS:
@@ -71,6 +72,8 @@ def load_records(
                     raise
     if not records.get("train"):
         raise DataError("the training split is empty")
+    if d.shots_per_label is not None or d.cv_folds is not None:
+        records = few_shot_records(config, task, records)
     if d.validation_fraction is not None and "validation" not in records:
         train = records["train"]
         order = list(range(len(train)))
@@ -80,6 +83,38 @@ def load_records(
         records["train"] = [train[i] for i in sorted(order[n_val:])]
     limits = {"train": d.max_train_samples, "validation": d.max_eval_samples, "test": d.max_test_samples}
     return {k: v[: limits[k]] if limits[k] else v for k, v in records.items()}
+
+
+def few_shot_records(
+    config: RunConfig, task: Task, records: dict[str, list[dict[str, Any]]]
+) -> dict[str, list[dict[str, Any]]]:
+    """``data.shots_per_label``: keep exactly K training records per label
+    (:func:`~tuneforge.data.sample_per_label`, seeded by ``data.shots_seed``); then with
+    ``data.cv_fold``: that stratified fold of the (K-shot) training records becomes validation
+    and the other folds train (:func:`~tuneforge.data.stratified_folds`). Other splits are
+    returned as they are; a task without a ``label_field`` option folds unstratified."""
+    d = config.data
+    label_field = getattr(task.options, "label_field", None)
+    source = d.train or "train split"
+    train = records["train"]
+    if d.shots_per_label is not None:
+        if label_field is None:
+            raise ConfigError(f"data.shots_per_label: task '{config.task.name}' has no label_field option, so there "
+                              "are no labels to draw K examples of; remove data.shots_per_label")
+        require_fields(train, [label_field], source)
+        train = [train[i] for i in sample_per_label([str(r[label_field]) for r in train], d.shots_per_label,
+                                                    d.shots_seed, source)]
+        log.info("data.shots_per_label=%d: %d training examples kept (seed %d)", d.shots_per_label, len(train),
+                 d.shots_seed)
+    out = {**records, "train": train}
+    if d.cv_folds is not None and d.cv_fold is not None:
+        if label_field is not None:
+            require_fields(train, [label_field], source)
+        labels = [str(r[label_field]) if label_field else "" for r in train]
+        held_out = set(stratified_folds(labels, d.cv_folds, d.shots_seed, source)[d.cv_fold])
+        out["validation"] = [r for i, r in enumerate(train) if i in held_out]
+        out["train"] = [r for i, r in enumerate(train) if i not in held_out]
+    return out
 
 
 def build_loaders(

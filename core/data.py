@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import random
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -244,3 +245,48 @@ def steps_per_epoch(num_batches: int, num_processes: int, accumulation: int) -> 
     """Optimizer steps per epoch when ``num_batches`` are spread over processes."""
     per_process = math.ceil(num_batches / num_processes)
     return max(1, math.ceil(per_process / accumulation))
+
+
+# -- few-shot draws and cross-validation folds ------------------------------------------------
+
+
+def _indices_by_label(labels: Sequence[str], need: int, problem: str) -> dict[str, list[int]]:
+    """Indices of each label (sorted by label); a :class:`DataError` (``problem`` first) naming
+    the labels with fewer than ``need`` examples."""
+    grouped: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        grouped.setdefault(label, []).append(i)
+    short = {label: len(ids) for label, ids in sorted(grouped.items()) if len(ids) < need}
+    if short:
+        listed = ", ".join(f"'{k}' ({v})" for k, v in list(short.items())[:5]) + (" ..." if len(short) > 5 else "")
+        raise DataError(f"{problem}; {len(short)} label(s) have fewer than {need} examples: {listed}")
+    return dict(sorted(grouped.items()))
+
+
+def sample_per_label(labels: Sequence[str], shots: int, seed: int, source: str = "train split") -> list[int]:
+    """Indices of exactly ``shots`` examples of every label in ``labels`` (one label per record),
+    drawn without replacement, in their original order. Each label's draw depends only on
+    ``(seed, label, shots)``. A label with fewer than ``shots`` examples is a :class:`DataError`
+    naming it: a K-shot set with fewer examples of some label would not be K-shot."""
+    grouped = _indices_by_label(labels, shots, f"{source}: data.shots_per_label={shots} (lower it or add examples)")
+    chosen: list[int] = []
+    for label, ids in grouped.items():
+        chosen += random.Random(f"shots:{seed}:{shots}:{label}").sample(ids, shots)
+    return sorted(chosen)
+
+
+def stratified_folds(labels: Sequence[str], folds: int, seed: int, source: str = "train split") -> list[list[int]]:
+    """``folds`` disjoint lists of indices that together cover ``labels``, each label's examples
+    shuffled (seeded) and dealt round-robin, so every fold holds ``n // folds`` or one more
+    examples of a label with ``n``. Every label needs at least ``folds`` examples, so that each
+    training part (all folds but one) still holds every label."""
+    grouped = _indices_by_label(labels, folds, f"{source}: data.cv_folds={folds} (lower it)")
+    parts: list[list[int]] = [[] for _ in range(folds)]
+    offset = 0
+    for label, ids in grouped.items():
+        ids = list(ids)
+        random.Random(f"folds:{seed}:{folds}:{label}").shuffle(ids)
+        for j, index in enumerate(ids):
+            parts[(offset + j) % folds].append(index)
+        offset += len(ids)  # the next label's first example goes to the next fold: sizes stay balanced
+    return [sorted(p) for p in parts]

@@ -50,7 +50,12 @@ def train(config: RunConfig, plugins: PluginManager | None = None) -> dict[str, 
     """Train, evaluate and export one run; returns the results written to results.json.
 
     An exception raised in a plugin's code (task, adapter, tracker) comes out as a
-    :class:`PluginError` naming the plugin."""
+    :class:`PluginError` naming the plugin. With ``data.cv_folds`` (and no ``data.cv_fold``),
+    one run per fold: :func:`tuneforge.crossval.cross_validate`."""
+    if config.data.cv_folds is not None and config.data.cv_fold is None:
+        from tuneforge.crossval import cross_validate
+
+        return cross_validate(config, plugins)
     plan = preflight(config, plugins)
     with plan.plugins.blaming():
         return train_plan(plan)

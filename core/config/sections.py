@@ -74,16 +74,41 @@ class DataConfig(Section):
     max_train_samples: int | None = Field(None, ge=1, description="Use only the first N training examples.")
     max_eval_samples: int | None = Field(None, ge=1, description="Use only the first N validation examples.")
     max_test_samples: int | None = Field(None, ge=1, description="Use only the first N test examples.")
+    shots_per_label: int | None = Field(
+        None, ge=1, description="Keep exactly K training examples of each label (drawn by shots_seed; a label with "
+        "fewer is an error). Validation and test are untouched. Needs a task with a label_field option.")
+    shots_seed: int = Field(0, ge=0, description=(
+        "Seed of the shots_per_label draw and of the cv_folds split (independent of training.seed)."))
+    cv_folds: int | None = Field(None, ge=2, description=(
+        "Cross-validate on the (K-shot) training set: train once per fold, each holding one stratified fold out "
+        "as validation; the run's validation metrics are the means over folds. Test is not evaluated."))
+    cv_fold: int | None = Field(None, ge=0, description=(
+        "With cv_folds: run only this fold (0-based) with it as validation; set per fold by the cross-validation."))
+
+    @model_validator(mode="after")
+    def _one_validation_source(self) -> DataConfig:
+        if self.cv_folds is not None:
+            if self.validation is not None or self.validation_fraction is not None:
+                raise ValueError("cv_folds takes validation from the training folds; remove validation / "
+                                 "validation_fraction (or cv_folds)")
+            if self.cv_fold is not None and self.cv_fold >= self.cv_folds:
+                raise ValueError(f"cv_fold must be below cv_folds={self.cv_folds}, got {self.cv_fold}")
+        elif self.cv_fold is not None:
+            raise ValueError("cv_fold needs cv_folds (the number of folds)")
+        return self
 
     @property
     def has_validation(self) -> bool:
-        """Whether the run has validation data: a file, a fraction of train, or a hub dataset."""
-        return self.validation is not None or self.validation_fraction is not None or self.hf_dataset is not None
+        """Whether the run has validation data: a file, a fraction of train, cross-validation folds,
+        or a hub dataset."""
+        return (self.validation is not None or self.validation_fraction is not None or self.cv_folds is not None
+                or self.hf_dataset is not None)
 
 
 class TrainingConfig(Section):
     epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
-    max_steps: int | None = Field(None, ge=1, description="Optimizer steps to train for; overrides epochs.")
+    max_steps: int | None = Field(None, ge=0, description=(
+        "Optimizer steps to train for; overrides epochs. 0: no training, the start is evaluated and exported."))
     batch_size: int = Field(16, ge=1, description="Examples per device per micro-batch.")
     eval_batch_size: int | None = Field(None, ge=1, description="Default: 2 x batch_size.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")

@@ -5,7 +5,8 @@ run), ``trial_evaluations.jsonl`` and ``trial_info.json`` (written by the trial
 reporter plugin on rank 0). Objective names:
 
 * ``validation.<metric>``: the best value of ``<metric>`` over the run's evaluations
-  (what the exported model reached); also what pruners see at each evaluation.
+  (what the exported model reached); also what pruners see at each evaluation. A
+  cross-validated run (``data.cv_folds``): the mean over folds from its ``results.json``.
 * ``test.<metric>``: the test metric of the best model.
 * ``train_seconds``, ``wall_seconds``, ``steps``, ``trainable_params``, ``total_params``.
 """
@@ -147,6 +148,8 @@ def objective_value(objective: Objective, run_dir: Path, *, last: bool = False) 
         if value is None and results.get("test"):
             raise TuneforgeError(f"metric '{objective.name}' was not logged on test; logged: "
                                  f"{', '.join(sorted(results['test']))}")
+    elif "cross_validation" in results:  # data.cv_folds: the means over folds (tuneforge.crossval)
+        value = results["cross_validation"]["validation"].get(objective.name)
     else:
         evals = read_evaluations(run_dir)
         values = [e["metrics"][objective.name] for e in evals  # null: undefined at that evaluation

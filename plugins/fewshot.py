@@ -1,0 +1,260 @@
+"""Few-shot text classification by contrastive adaptation of a sentence encoder
+(docs/few-shot.md): task ``fewshot_classification``.
+
+Training adapts the encoder's sentence embeddings (``pooling`` of its last hidden states)
+with one of two losses over the K-shot training set:
+
+* ``pairs`` (SetFit's recipe): for every example and each of ``pairs_per_example``
+  rounds, one pair with a random example of the same label (target 1) and one with a random
+  example of another label (target 0); the loss is the squared error between the pair's
+  cosine similarity and its target (sentence-transformers' ``CosineSimilarityLoss``);
+* ``supcon``: supervised contrastive loss (Khosla et al., 2020) at ``temperature`` over
+  each batch seen twice (dropout makes the two views differ), so every example has a positive.
+
+Evaluation embeds the split; :meth:`FewShotClassificationTask.compute_metrics` embeds the
+training examples with the same model (a reference kept by ``evaluation_step``), fits the
+``head`` on them (``prototype``: nearest normalised class mean; ``logistic``: scikit-learn
+logistic regression with ``C = logistic_c``) and scores the split. The last fitted head is
+saved in the exported model's ``task_state.json``, so ``tuneforge evaluate``/``predict`` use
+it without the training data. ``training.max_steps: 0`` evaluates the frozen encoder.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from tuneforge import hookimpl
+from tuneforge.data import make_loader, pad_features
+from tuneforge.errors import ConfigError
+from tuneforge.evaluation import collect_outputs
+from tuneforge.plugins.classification import ClassificationOptions, ClassificationTask, label_metrics
+
+PAIR_KEYS = ("pair_input_ids", "pair_attention_mask")
+
+
+class FewShotOptions(ClassificationOptions):
+    loss: Literal["pairs", "supcon"] = Field("pairs", description=(
+        "Contrastive loss: pairs (SetFit: cosine similarity of same/different-label pairs) or supcon "
+        "(supervised contrastive loss over each batch)."))
+    pairs_per_example: int = Field(20, ge=1, description=(
+        "loss=pairs: rounds of pair generation; each makes one positive and one negative pair per example "
+        "(SetFit's num_iterations)."))
+    temperature: float = Field(0.07, gt=0, description="loss=supcon: temperature of the similarities.")
+    head: Literal["prototype", "logistic"] = Field("logistic", description=(
+        "Classifier fitted on the training embeddings at evaluation: prototype (nearest class mean) or logistic "
+        "regression."))
+    logistic_c: float = Field(1.0, gt=0, description="head=logistic: inverse regularisation strength C.")
+    pooling: Literal["mean", "cls"] = Field("mean", description="Sentence embedding: mean of tokens or [CLS].")
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Sentence embeddings from the last hidden states: the ``[CLS]`` vector or the masked mean."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def supcon_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al., 2020, L_out): for each anchor, the mean log
+    probability of its positives (same label, itself excluded) among all other examples."""
+    z = F.normalize(embeddings.float(), dim=-1)
+    self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    sim = (z @ z.T / temperature).masked_fill(self_mask, float("-inf"))
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    positives = (labels[:, None] == labels[None, :]) & ~self_mask
+    has_positive = positives.any(1)
+    per_anchor = log_prob.masked_fill(~positives, 0.0).sum(1) / positives.sum(1).clamp(min=1)
+    return -per_anchor[has_positive].mean()
+
+
+def contrastive_pairs(labels: list[int], rounds: int, seed: int) -> list[tuple[int, int, float]]:
+    """``(i, j, target)`` pairs: per round and example ``i``, one ``j`` of the same label
+    (target 1.0; ``i`` itself when it is its label's only example) and one of another label (0.0)."""
+    rng = random.Random(seed)
+    by_label: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_label.setdefault(y, []).append(i)
+    pairs: list[tuple[int, int, float]] = []
+    for _ in range(rounds):
+        for i, y in enumerate(labels):
+            same = [j for j in by_label[y] if j != i] or [i]
+            pairs.append((i, rng.choice(same), 1.0))
+            other = rng.choice([z for z in by_label if z != y]) if len(by_label) > 1 else y
+            pairs.append((i, rng.choice(by_label[other]), 0.0))
+    return pairs
+
+
+@dataclass
+class LinearHead:
+    """A fitted head: ``scores = embeddings @ weights.T + bias`` over ``classes`` (label ids)."""
+
+    kind: str
+    classes: np.ndarray
+    weights: np.ndarray
+    bias: np.ndarray
+
+    @classmethod
+    def fit(cls, kind: str, embeddings: np.ndarray, labels: np.ndarray, c: float) -> LinearHead:
+        classes = np.unique(labels)
+        if kind == "prototype":
+            centres = np.stack([embeddings[labels == y].mean(0) for y in classes])
+            centres /= np.linalg.norm(centres, axis=1, keepdims=True).clip(min=1e-12)
+            return cls(kind, classes, centres, np.zeros(len(classes)))
+        from sklearn.linear_model import LogisticRegression
+
+        clf = LogisticRegression(C=c, max_iter=2000).fit(embeddings, labels)
+        weights, bias = clf.coef_, clf.intercept_
+        if len(classes) == 2:  # one logit row for two classes: the same softmax as two rows +-/2
+            weights, bias = np.concatenate([-weights / 2, weights / 2]), np.concatenate([-bias / 2, bias / 2])
+        return cls(kind, classes, weights, bias)
+
+    def predict(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(label ids, confidence): the logistic probability, or the prototype's cosine similarity."""
+        scores = embeddings @ self.weights.T + self.bias
+        best = scores.argmax(1)
+        if self.kind == "prototype":
+            confidence = scores.max(1)
+        else:
+            z = np.exp(scores - scores.max(1, keepdims=True))
+            confidence = (z / z.sum(1, keepdims=True)).max(1)
+        return self.classes[best], confidence
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "classes": self.classes.tolist(), "weights": self.weights.tolist(),
+                "bias": self.bias.tolist()}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> LinearHead:
+        return cls(raw["kind"], np.asarray(raw["classes"]), np.asarray(raw["weights"]), np.asarray(raw["bias"]))
+
+
+class FewShotClassificationTask(ClassificationTask):
+    name = "fewshot_classification"
+    Options = FewShotOptions
+    metric_names = ("accuracy", "macro_f1", "micro_f1")
+    options: FewShotOptions
+
+    def __init__(self, options: Any, config: Any) -> None:
+        super().__init__(options, config)
+        if self.options.text_pair_field:
+            raise ConfigError("task.text_pair_field: task 'fewshot_classification' embeds single texts; remove it "
+                              "(or use task.name: classification)")
+        self.train_features: list[dict[str, Any]] | None = None  # the training examples, embedded at evaluation
+        self.head: LinearHead | None = None
+        self._model: torch.nn.Module | None = None
+        self._tokenizer: Any = None
+
+    # -- model and features ------------------------------------------------------------------
+
+    def build_model(self, tokenizer: Any) -> torch.nn.Module:
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(self.model_path(), **self.pretrained_kwargs())
+
+    def encode(self, records: list[dict[str, Any]], tokenizer: Any, split: str) -> list[dict[str, Any]]:
+        """Single examples; for ``train`` with ``loss: pairs`` the pairs (the single training
+        examples are kept for fitting the head)."""
+        singles = [{k: f[k] for k in ("input_ids", "attention_mask", "labels") if k in f}
+                   for f in super().encode(records, tokenizer, split)]
+        if split != "train":
+            return singles
+        self.train_features, self._tokenizer = singles, tokenizer
+        if self.options.loss != "pairs":
+            return singles
+        pairs = contrastive_pairs([f["labels"] for f in singles], self.options.pairs_per_example,
+                                  self.config.training.seed)
+        return [{"input_ids": singles[i]["input_ids"], "attention_mask": singles[i]["attention_mask"],
+                 "pair_input_ids": singles[j]["input_ids"], "pair_attention_mask": singles[j]["attention_mask"],
+                 "pair_label": target} for i, j, target in pairs]
+
+    def collate(self, features: list[dict[str, Any]], tokenizer: Any) -> dict[str, torch.Tensor]:
+        """Singles as they are; pairs as ``2B`` padded rows (first sides, then second sides) and ``pair_label``."""
+        pad_id = tokenizer.pad_token_id or 0
+        if PAIR_KEYS[0] not in features[0]:
+            return pad_features(features, pad_id)
+        sides = [{"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]} for f in features]
+        sides += [{"input_ids": f[PAIR_KEYS[0]], "attention_mask": f[PAIR_KEYS[1]]} for f in features]
+        batch = pad_features(sides, pad_id)
+        batch["pair_label"] = torch.tensor([f["pair_label"] for f in features], dtype=torch.float)
+        return batch
+
+    def embed(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        return pool(hidden.float(), batch["attention_mask"], self.options.pooling)
+
+    # -- training ---------------------------------------------------------------------------
+
+    def training_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "pair_label" in batch:
+            first, second = self.embed(model, batch).chunk(2)
+            return F.mse_loss(F.cosine_similarity(first, second), batch["pair_label"].to(first.dtype))
+        twice = {k: torch.cat([v, v]) for k, v in batch.items()}  # two dropout views of each example
+        return supcon_loss(self.embed(model, twice), twice["labels"], self.options.temperature)
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def evaluation_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self._model = model  # compute_metrics embeds the training examples with this model
+        out = {"embeddings": F.normalize(self.embed(model, batch), dim=-1)}
+        if "labels" in batch:
+            out["labels"] = batch["labels"]
+        return out
+
+    def fit_head(self) -> LinearHead:
+        """The head fitted on the training examples embedded by the model of the last
+        ``evaluation_step``; without training data (a reloaded model) the saved head."""
+        if self.train_features is None or self._model is None:
+            if self.head is None:
+                raise ConfigError("task 'fewshot_classification' has no fitted head: evaluate a model exported by "
+                                  "`tuneforge train` with this task (its task_state.json holds the head)")
+            return self.head
+        device = next(self._model.parameters()).device
+        loader = make_loader(self.train_features, self.config.eval_batch_size(),
+                             lambda feats: self.collate(feats, self._tokenizer), shuffle=False)
+        train = collect_outputs(self._model, self, loader, device=device)
+        self.head = LinearHead.fit(self.options.head, train["embeddings"], train["labels"], self.options.logistic_c)
+        return self.head
+
+    def _classified(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``outputs`` with ``predictions`` and ``confidence`` from the head (fitted once per split)."""
+        if "predictions" not in outputs:
+            outputs["predictions"], outputs["confidence"] = self.fit_head().predict(outputs["embeddings"])
+        return outputs
+
+    def compute_metrics(self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]]) -> dict[str, float]:
+        outputs = self._classified(outputs)
+        return label_metrics(outputs["predictions"], outputs["labels"])
+
+    def metric_inputs(self, outputs: dict[str, np.ndarray], features: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+        return super().metric_inputs(self._classified(outputs), features)
+
+    def predictions(self, outputs: dict[str, np.ndarray], features: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return super().predictions(self._classified(outputs), features, records)
+
+    def write_reports(self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]], directory: Any) -> None:
+        super().write_reports(self._classified(outputs), split, features, directory)
+
+    # -- state ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.head is not None:
+            state["head"] = self.head.to_json()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.head = LinearHead.from_json(state["head"]) if state.get("head") else None
+
+
+@hookimpl
+def tf_register_tasks(register: Any) -> None:
+    register("fewshot_classification", FewShotClassificationTask)
