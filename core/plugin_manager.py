@@ -173,6 +173,16 @@ class PluginManager:
         self._info[name] = PluginInfo(name, module, distribution, version, hooks)
         return name
 
+    def fork(self) -> PluginManager:
+        """A new manager with the same plugins registered and its registries not built: the
+        fresh manager each run gets, keeping what a caller (or a test) registered."""
+        new = PluginManager()
+        for name, plugin in self._pm.list_name_plugin():
+            info = self._info.get(name)
+            if info is not None:
+                new.register(plugin, name=name, distribution=info.distribution, version=info.version)
+        return new
+
     def unregister(self, name: str) -> None:
         self._pm.unregister(name=name)
         self._info.pop(name, None)

@@ -166,11 +166,11 @@ def tiny_classification_config(tiny_bert: str, tiny_classification_data: dict[st
 
 @pytest.fixture
 def tf_run(tf_plugin_manager: PluginManager, tmp_path: Path) -> Iterator[Callable[..., tuple[dict[str, Any], Path]]]:
-    """``tf_run(config, plugins=[...], overrides=[...]) -> (results, run_dir)`` trains in-process
-    with ``tf_plugin_manager``, so what ``tf_register`` added takes part.
+    """``tf_run(config, plugins=[...], overrides=[...]) -> (results, run_dir)`` trains in-process.
 
-    Passing a plugin that is already registered (e.g. by its entry point) is a no-op. The runs of
-    one test share the manager: register every plugin before the first run."""
+    Every call gets a fresh plugin manager holding what ``tf_plugin_manager`` holds (the entry
+    points and what ``tf_register`` added) plus that call's ``plugins``, as every real run gets
+    its own; a plugin already registered (e.g. by its entry point) is not registered twice."""
     from tuneforge.config import apply_overrides, env_overrides, validate
     from tuneforge.run import train
 
@@ -178,11 +178,12 @@ def tf_run(tf_plugin_manager: PluginManager, tmp_path: Path) -> Iterator[Callabl
         raw = apply_overrides(config, [*overrides, *env_overrides()])
         raw.setdefault("output", {}).setdefault("dir", str(tmp_path / "run"))
         cfg = validate(raw, source="tf_run config")
+        pm = tf_plugin_manager.fork()
         for module in cfg.plugins:
-            tf_plugin_manager.load_module(module)
+            pm.load_module(module)
         for plugin in plugins:
-            tf_plugin_manager.register(plugin)
-        results = train(cfg, tf_plugin_manager)
+            pm.register(plugin)
+        results = train(cfg, pm)
         return results, Path(cfg.output.dir)
 
     yield run
