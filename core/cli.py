@@ -12,7 +12,8 @@ import traceback
 from tuneforge import __version__
 from tuneforge.errors import TuneforgeError
 
-COMMANDS = ("train", "validate", "plugins", "export", "evaluate", "predict", "runs", "report", "search", "meta")
+COMMANDS = ("train", "validate", "plugins", "export", "evaluate", "predict", "runs", "report", "search", "meta",
+            "library", "tune")
 
 EXIT_USER_ERROR = 2
 
