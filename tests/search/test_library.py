@@ -46,7 +46,7 @@ def make_stored_study(study_dir: Path, name: str = "snips", values=(0.5, 0.9, 0.
     study.set_user_attr("tuneforge", {"objectives": [["validation.accuracy", "maximize"]]})
     study.set_user_attr(STUDY_ATTR, {"meta": {"task": "classification", "model": "tiny", "n_train": 64},
                                      "base": {"training.batch_size": 16, "training.max_steps": 40}})
-    for i, value in enumerate(values):
+    for value in values:
         trial = study.ask({"training.lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)})
         trial.report(value / 2, 20)
         trial.set_user_attr("steps", 40)

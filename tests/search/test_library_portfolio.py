@@ -9,6 +9,7 @@ import optuna
 import pytest
 
 from tuneforge.config import SearchConfig, SearchPruner
+from tuneforge.errors import ConfigError
 from tuneforge.plugins.search_strategies.portfolio import (
     PortfolioOptions,
     PortfolioStrategy,
@@ -134,7 +135,7 @@ def test_the_strategy_enqueues_its_recipes_first_then_tpe(tmp_path):
 def test_the_strategy_without_a_library_is_a_config_error():
     strategy = PortfolioStrategy(PortfolioOptions(), SPACE, [Objective("validation.accuracy", "maximize")], 0)
     runner = FakeRunner(None, 1)
-    with pytest.raises(Exception, match="search.library"):
+    with pytest.raises(ConfigError, match=r"search\.library"):
         strategy.run(runner)  # type: ignore[arg-type]
 
 
