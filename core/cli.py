@@ -13,7 +13,7 @@ from tuneforge import __version__
 from tuneforge.errors import TuneforgeError
 
 COMMANDS = ("train", "validate", "estimate", "plugins", "export", "evaluate", "predict", "chat", "runs", "report",
-            "search", "meta")
+            "search", "library", "tune", "meta")
 
 EXIT_USER_ERROR = 2
 

@@ -11,6 +11,8 @@ import argparse
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 from tuneforge import jsonio
 from tuneforge.commands import stdout_kept_for_results
@@ -41,8 +43,22 @@ def run(args: argparse.Namespace) -> int:
     with stdout_kept_for_results():
         results = train(config)
     if results.get("world_size", 1) == 1 or _is_main():
+        with stdout_kept_for_results():
+            record_run(config, results)
         print(jsonio.dumps({k: results[k] for k in ("status", "steps", "best_metric", "test") if k in results}))
     return 0
+
+
+def record_run(config: Any, results: dict[str, Any]) -> None:
+    """Add the finished run to the study library when asked to (docs/library.md)."""
+    from tuneforge.search.library import entry_from_run, library_location, open_library, records_train_runs
+
+    search = config.search
+    location = library_location(search.library if search else None)
+    if not location or not records_train_runs(bool(search and search.record_train_runs)):
+        return
+    entry = entry_from_run(config, Path(config.output.dir), results)
+    print(f"library: recorded '{open_library(location).add(entry)}' in {location}")
 
 
 def relaunch(nproc: int, argv: list[str]) -> int:

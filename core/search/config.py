@@ -110,7 +110,8 @@ class SearchConfig(Section):
     """``tuneforge search``: a study of trials, each an ordinary run of this config plus overrides."""
 
     strategy: str = Field("tpe", description="Search strategy plugin: random, grid, tpe, gp, cmaes, nsga2, sobol, "
-                          "pbt, reinforce, or one a plugin registers.")
+                          "pbt, reinforce, portfolio, or one a plugin registers (default: portfolio when "
+                          "search.library has entries, else tpe).")
     options: dict[str, Any] = Field(default_factory=dict, description="Strategy options (its Options model).")
     params: dict[str, SearchParam] = Field(description="The search space: dotted config key -> parameter.")
     objectives: list[SearchObjective] = Field(
@@ -128,6 +129,14 @@ class SearchConfig(Section):
     max_retries: int = Field(1, ge=0, description="Re-runs of a trial left stale by a dead worker.")
     trial: SearchTrial = Field(default_factory=SearchTrial)
     warm_start: SearchWarmStart = Field(default_factory=SearchWarmStart)
+    library: str | None = Field(
+        None, description="Study library (a directory or an RDB URL; default $TUNEFORGE_LIBRARY): a finished study "
+        "adds an entry; with entries there and no search.strategy set, the portfolio strategy is used (docs/library.md).",
+    )
+    record_train_runs: bool = Field(
+        False, description="`tuneforge train` of this config adds its run to search.library too "
+        "(or TUNEFORGE_LIBRARY_TRAIN_RUNS=1 for every run).",
+    )
 
     @model_validator(mode="after")
     def _check_search(self) -> SearchConfig:

@@ -8,14 +8,15 @@ runs, and tell the study how it ended. Every number and reason lands in the
 study's storage, so a killed study resumes (``--resume``) from there.
 
 The parts: :mod:`.study` (the study in its storage), :mod:`.warmstart` (first
-trials from earlier studies), :mod:`.executor` (trial processes and the worker pool).
+trials from earlier studies), :mod:`.executor` (trial processes and the worker pool),
+:mod:`.library` (where a finished study is recorded for later studies to learn from).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,15 @@ from tuneforge.errors import ConfigError
 from tuneforge.plugin_manager import PluginManager
 from tuneforge.search import study as studies
 from tuneforge.search.executor import TrialExecutor, TrialOutcome, WorkerPool
+from tuneforge.search.library import (
+    STUDY_ATTR,
+    Library,
+    base_recipe,
+    entry_from_study,
+    library_location,
+    meta_features,
+    open_library,
+)
 from tuneforge.search.objective import Objective, check_objectives, resolve_objectives
 from tuneforge.search.pruners import build_pruner
 from tuneforge.search.space import SearchSpace
@@ -85,6 +95,12 @@ class StudyRunner:
         self.objectives: list[Objective] = resolve_objectives(self.config, plan.task_cls)
         check_objectives(self.objectives, self.config, plan.task_cls)
         self.seed = self.search.seed if self.search.seed is not None else self.config.training.seed
+        location = library_location(self.search.library)
+        self.library: Library | None = open_library(location) if location else None
+        if self.library is not None and "strategy" not in self.search.model_fields_set and self.library.count():
+            self.search.strategy = "portfolio"
+            self.echo(f"search.strategy is not set and library {self.library.location} has entries: "
+                      "using the portfolio strategy")
         strategy_cls = self.plugins.search_strategies.get(self.search.strategy)
         options = strategy_cls.parse_options(self.search.options, self.search.strategy)
         self.strategy: SearchStrategy = strategy_cls(options, self.space, self.objectives, self.seed)
@@ -99,7 +115,9 @@ class StudyRunner:
                 raise ConfigError(f"pruning reads intermediate validation metrics; objective "
                                   f"'{self.objectives[0].metric}' is not one (use validation.<metric>)")
         train = self.config.data.train
-        self.task_metadata = task_metadata(self.config, plan.make_task().read(train, "train") if train else [])
+        records = plan.make_task().read(train, "train") if train else []
+        self.task_metadata = task_metadata(self.config, records)
+        self.library_meta = meta_features(self.config, records)
 
     def validate_trial_config(self, raw: dict[str, Any]) -> RunConfig:
         """Schema + plugin options of one trial's config (cheap; no files read)."""
@@ -125,6 +143,8 @@ class StudyRunner:
             "params": self.space.keys, "strategy": self.search.strategy,
         })
         record_task_metadata(study, self.task_metadata)  # lets later studies of similar tasks start from ours
+        study.set_user_attr(STUDY_ATTR, {"meta": self.library_meta,
+                                         "base": base_recipe(self.config.model_dump(mode="json"))})
         self.study = study
         return study
 
@@ -149,12 +169,17 @@ class StudyRunner:
 
     # -- trials -----------------------------------------------------------------------
 
-    def optimize(self) -> None:
-        """Ask/tell with the strategy's sampler on ``workers`` threads until the budget is used."""
+    def optimize(self, first: Sequence[tuple[dict[str, Any], dict[str, Any]]] = ()) -> None:
+        """Ask/tell with the strategy's sampler on ``workers`` threads until the budget is used.
+
+        ``first``: ``(params, user attrs)`` a strategy wants run before anything else (the
+        portfolio's recipes); one already in the study (a resumed one) is not queued again."""
         self.sampler = self.strategy.sampler()
         self.open_study(self.sampler)
         if self.resume:
             self.settle_stale()
+        for params, attrs in first:
+            self.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
         queued = self.warm_start()
         if queued:
             self.echo(f"warm start: {queued} trial(s) queued")
@@ -179,8 +204,9 @@ class StudyRunner:
 
     # -- entry point ----------------------------------------------------------------------
 
-    def run(self) -> Any:
-        """Run the study with the configured strategy and write the report; returns the study."""
+    def run(self, *, record: bool = True) -> Any:
+        """Run the study with the configured strategy and write the report; returns the study.
+        A finished study is added to the library (``search.library``) unless ``record`` is false."""
         from tuneforge.search.report import write_report
 
         try:
@@ -188,4 +214,23 @@ class StudyRunner:
         finally:
             if self.study is not None:
                 write_report(self)
+        if record:
+            self.record_in_library()
         return self.study
+
+    def record_in_library(self) -> str | None:
+        """Add the finished study to ``search.library`` (if set); returns the entry id."""
+        if self.library is None or self.study is None:
+            return None
+        if not any(t.state.name == "COMPLETE" for t in self.study.get_trials(deepcopy=False)):
+            self.echo(f"library: study '{self.study_name}' has no finished trial; nothing recorded")
+            return None
+        entry = entry_from_study(self.study, f"{self.storage_url}#{self.study_name}", self.library_meta,
+                                 base_recipe(self.config.model_dump(mode="json")))
+        try:
+            entry_id = self.library.add(entry)
+        except (OSError, ConfigError) as exc:  # the study's own results are safe; say what was lost
+            self.echo(f"library: could not record study '{self.study_name}' in {self.library.location}: {exc}")
+            return None
+        self.echo(f"library: recorded '{entry_id}' in {self.library.location}")
+        return entry_id
