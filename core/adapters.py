@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from tuneforge.config import RunConfig, Section, format_validation_error
-from tuneforge.errors import ConfigError
+from tuneforge.config import RunConfig, Section, validate_options
 
 if TYPE_CHECKING:
     from tuneforge.tasks import Task
@@ -36,10 +35,7 @@ class Adapter(ABC):
 
     @classmethod
     def parse_options(cls, raw: dict[str, Any], source: str = "config") -> BaseModel:
-        try:
-            return cls.Options.model_validate(raw)
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, cls.Options, source, prefix="adapter.")) from None
+        return validate_options(cls.Options, raw, source, "adapter.")
 
     def preflight(self) -> None:  # noqa: B027 - optional hook
         """Check requirements (packages, GPU) before any heavy work; raise ConfigError."""

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from tuneforge.config import RunConfig, Section, format_validation_error
+from tuneforge.config import RunConfig, Section, validate_options
 from tuneforge.data import pad_features, read_records
 from tuneforge.errors import ConfigError, DataError, did_you_mean
 from tuneforge.generation import any_rank, decode_ids, generate, left_pad, unwrap_model  # noqa: F401 - public here too
@@ -80,10 +80,7 @@ class Task(ABC):
 
     @classmethod
     def parse_options(cls, raw: dict[str, Any], source: str = "config") -> BaseModel:
-        try:
-            return cls.Options.model_validate(raw)
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, cls.Options, source, prefix="task.")) from None
+        return validate_options(cls.Options, raw, source, "task.")
 
     # -- data ---------------------------------------------------------------------
 

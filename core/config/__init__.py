@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         read_yaml,
         resolve_paths,
         validate,
+        validate_options,
     )
     from tuneforge.config.schema import RunConfig
     from tuneforge.config.sections import (
@@ -102,6 +103,7 @@ __all__ = [
     "resolve_paths",
     "suggest_key",
     "validate",
+    "validate_options",
 ]
 
 __getattr__ = lazy_exports(

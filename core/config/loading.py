@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from tuneforge.config.schema import RunConfig
 from tuneforge.config.suggest import format_validation_error
@@ -148,3 +148,13 @@ def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def dump_config(cfg: RunConfig, path: str | os.PathLike[str]) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+
+
+def validate_options(options_cls: type[BaseModel], raw: dict[str, Any], source: str, prefix: str) -> BaseModel:
+    """A plugin's options section (``task.``, ``adapter.`` ...) validated against its model;
+    a :class:`ConfigError` naming the file and keys otherwise."""
+    try:
+        return options_cls.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, options_cls, source, prefix=prefix)) from None
+

@@ -387,26 +387,10 @@ def entry_from_run(config: Any, run_dir: Path, results: dict[str, Any]) -> Libra
 
 def import_study(ref: str) -> LibraryEntry:
     """The entry of the study at ``ref``: a study directory (its ``study.db``) or ``URL#name``."""
-    import optuna
+    from tuneforge.search.storage import load_study_ref
 
-    from tuneforge.search.storage import default_storage_url, open_storage
-
-    if "://" in ref:
-        url, _, name = ref.partition("#")
-    else:
-        study_dir = Path(ref).resolve()
-        if not (study_dir / "study.db").is_file():
-            raise ConfigError(f"'{ref}' is not a study directory (no study.db); give one, or <storage URL>#<study>")
-        url, name = default_storage_url(study_dir), ""
-    storage = open_storage(url, heartbeat_seconds=None)
-    names = optuna.get_all_study_names(storage)
-    if not name:
-        if len(names) != 1:
-            raise ConfigError(f"'{ref}' holds studies {names}; name one as <storage URL>#<study name>")
-        name = names[0]
-    if name not in names:
-        raise ConfigError(f"no study '{name}' in {ref}; found {names}")
-    study = optuna.load_study(study_name=name, storage=storage)
+    study, url = load_study_ref(ref, "tuneforge library add")
+    name = study.study_name
     if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
         raise ConfigError(f"study '{name}' in {ref} has no finished trial; nothing to learn from it yet")
     return entry_from_study(study, f"{url}#{name}")

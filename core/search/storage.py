@@ -75,3 +75,29 @@ def fail_stale_trials(study: Any) -> None:
 def retried_numbers(trials: list[Any]) -> set[int]:
     """Numbers of failed trials that were re-queued (they do not count against the budget)."""
     return {int(t.system_attrs["failed_trial"]) for t in trials if "failed_trial" in t.system_attrs}
+
+
+def load_study_ref(ref: str, where: str) -> tuple[Any, str]:
+    """``(study, storage URL)`` of an earlier study named by ``ref``: a study directory (its
+    ``study.db``) or ``<storage URL>#<study name>`` (the name may be left out when the storage
+    holds one study). ``where`` starts each error message (the key or command at fault)."""
+    import optuna
+
+    if "://" in ref:
+        url, _, name = ref.partition("#")
+    else:
+        study_dir = Path(ref).resolve()
+        if not (study_dir / "study.db").is_file():
+            raise ConfigError(f"{where}: '{ref}' is not a study directory (no study.db); give one, or "
+                              "<storage URL>#<study name>")
+        url, name = default_storage_url(study_dir), ""
+    storage = open_storage(url, heartbeat_seconds=None)
+    names = optuna.get_all_study_names(storage)
+    if not name:
+        if len(names) != 1:
+            raise ConfigError(f"{where}: '{ref}' holds studies {names}; name one as <storage URL>#<study name>")
+        name = names[0]
+    if name not in names:
+        raise ConfigError(f"{where}: no study '{name}' in {ref}; found {names}")
+    return optuna.load_study(study_name=name, storage=storage), url
+

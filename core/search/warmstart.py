@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuneforge.config import RunConfig
 from tuneforge.errors import ConfigError
-from tuneforge.search.storage import default_storage_url, open_storage
+from tuneforge.search.storage import default_storage_url, load_study_ref, open_storage
 
 if TYPE_CHECKING:
     from tuneforge.search.runner import StudyRunner
@@ -125,24 +125,7 @@ def best_params_of(ref: str, top_k: int, keys: list[str]) -> list[dict[str, Any]
 
     ``ref`` is a study directory (its ``study.db``), or ``<storage URL>#<study name>``.
     """
-    import optuna
-
-    if "://" in ref:
-        url, _, name = ref.partition("#")
-    else:
-        study_dir = Path(ref).resolve()
-        url, name = default_storage_url(study_dir), ""
-        if not (study_dir / "study.db").is_file():
-            raise ConfigError(f"search.warm_start.studies: '{ref}' has no study.db")
-    storage = open_storage(url, heartbeat_seconds=None)
-    names = optuna.get_all_study_names(storage)
-    if not name:
-        if len(names) != 1:
-            raise ConfigError(f"search.warm_start.studies: '{ref}' holds studies {names}; name one as URL#name")
-        name = names[0]
-    if name not in names:
-        raise ConfigError(f"search.warm_start.studies: no study '{name}' in {ref}; found {names}")
-    study = optuna.load_study(study_name=name, storage=storage)
+    study, _ = load_study_ref(ref, "search.warm_start.studies")
     done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     sign = 1.0 if study.directions[0].name == "MAXIMIZE" else -1.0
     done.sort(key=lambda t: -sign * t.values[0])
