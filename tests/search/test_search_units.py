@@ -100,7 +100,7 @@ def test_warm_start_takes_the_best_trials_of_an_earlier_study(tmp_path):
         {"training.lr": 3e-3, "training.seed": 1}]
     with pytest.raises(ConfigError, match="no study 'nope'"):
         best_params_of(f"{url}#nope", 1, ["training.lr"])
-    with pytest.raises(ConfigError, match=r"has no study\.db"):
+    with pytest.raises(ConfigError, match=r"search\.warm_start\.studies: .* is not a study directory \(no study\.db\)"):
         best_params_of(str(tmp_path / "missing"), 1, ["training.lr"])
 
 
