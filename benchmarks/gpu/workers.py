@@ -153,12 +153,12 @@ def throughput(args: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from tuneforge.config import validate
-    from tuneforge.distributed import Runtime
+    from tuneforge.distributed import create_runtime
 
     base = {"model": {"name_or_path": "llama-1b-random"}, "task": {"name": "causal_lm"},
             "data": {"train": "unused.jsonl"},
             "training": {"batch_size": args["batch"], "lr": 1e-5, "mixed_precision": "bf16", "seed": 0}}
-    runtime = Runtime(validate(base))
+    runtime = create_runtime(validate(base))
     results: dict[str, Any] = {"runtime": runtime.strategy.describe(), "mixed_precision": "bf16"}
     for variant in args["variants"]:
         try:
