@@ -18,16 +18,28 @@ from tuneforge.tasks import Task
 
 
 @dataclass
+class ListedTask:
+    """A task of ``meta.tasks``/``val_tasks``/``test_tasks``: its spec, task plugin, the run config
+    with its task and data, and the records of its data files (read once, by preflight)."""
+
+    spec: MetaSourceTask
+    task: Task
+    config: RunConfig
+    records: dict[str, list[dict[str, Any]]]
+
+
+@dataclass
 class MetaPlan:
-    """What preflight resolved for a meta run."""
+    """What preflight resolved for a meta run; ``records``: the main data files, read once."""
 
     config: RunConfig
     meta: MetaConfig
     plugins: PluginManager
     algorithm_cls: type[MetaAlgorithm]
     main_task: Task
-    listed: dict[str, list[tuple[MetaSourceTask, Task]]] = field(default_factory=dict)
+    listed: dict[str, list[ListedTask]] = field(default_factory=dict)
     adapter: Any = None
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def _task_for(config: RunConfig, pm: PluginManager, task_cfg: Any, where: str) -> Task:
@@ -72,11 +84,12 @@ def preflight_meta(config: RunConfig, plugins: PluginManager | None = None, *, c
             where = f"meta.{group}[{i}] ({spec.name})"
             if spec.data.train is None:
                 raise ConfigError(f"{where}: data.train is required")
-            plan.listed[group].append((spec, _task_for(sub, pm, spec.task, where)))
-    read_data_files(config, plan.main_task)  # a malformed line fails here, before any model loads
-    for specs in plan.listed.values():
-        for spec, task in specs:
-            read_data_files(config.model_copy(update={"task": spec.task, "data": spec.data}), task)
+            plan.listed[group].append(ListedTask(spec, _task_for(sub, pm, spec.task, where), sub, {}))
+    # every data file read here, so a malformed line fails before any model loads
+    plan.records = read_data_files(config, plan.main_task)
+    for listed in plan.listed.values():
+        for item in listed:
+            item.records = read_data_files(item.config, item.task)
     if meta.learn == "adapter":
         if config.adapter is None:
             raise ConfigError("meta.learn=adapter needs an adapter: section (e.g. adapter: {type: lora})")
@@ -92,12 +105,13 @@ def preflight_meta(config: RunConfig, plugins: PluginManager | None = None, *, c
 # -- the task collection --------------------------------------------------------------
 
 
-def _pool(name: str, task: Task, config: RunConfig, store: ExampleStore, seed: int) -> LabelPool:
+def _pool(name: str, task: Task, config: RunConfig, read: dict[str, list[dict[str, Any]]], store: ExampleStore,
+          seed: int) -> LabelPool:
     import random
 
     from tuneforge.builders import load_records
 
-    records = [r for split in load_records(config, task).values() for r in split]
+    records = [r for split in load_records(config, task, read).values() for r in split]
     cap = config.meta.max_examples_per_label if config.meta else None
     text_field, label_field = task.options.text_field, task.options.label_field  # type: ignore[attr-defined]
     source = config.data.train or name
@@ -119,16 +133,14 @@ def build_collection(plan: MetaPlan, store: ExampleStore, seed: int) -> tuple[di
     """Meta-train / meta-val / meta-test pools and a JSON description of the split."""
     meta, config = plan.meta, plan.config
     if meta.collection == "labels":
-        full = _pool(plan.config.task.name, plan.main_task, config, store, seed)
+        full = _pool(plan.config.task.name, plan.main_task, config, plan.records, store, seed)
         train, val, test = split_labels(full.labels, meta.val_labels, meta.test_labels, seed)
         pools = {"train": [full.subset("meta-train", train)], "val": [full.subset("meta-val", val)],
                  "test": [full.subset("meta-test", test)]}
         return pools, {"collection": "labels", "train": train, "val": val, "test": test}
     pools = {}
     for group, key in (("tasks", "train"), ("val_tasks", "val"), ("test_tasks", "test")):
-        pools[key] = [
-            _pool(spec.name, task, config.model_copy(update={"task": spec.task, "data": spec.data}), store, seed)
-            for spec, task in plan.listed[group]
-        ]
+        pools[key] = [_pool(item.spec.name, item.task, item.config, item.records, store, seed)
+                      for item in plan.listed[group]]
     described = {key: {p.name: p.labels for p in value} for key, value in pools.items()}
     return pools, {"collection": "tasks", **described}

@@ -123,11 +123,11 @@ class MetaRun:
         its training data, or with a listed collection (no ``data.train``) the first meta-train task's."""
         from tuneforge.builders import load_records
 
-        task, config = self.plan.main_task, self.config
+        task, config, read = self.plan.main_task, self.config, self.plan.records
         if config.data.train is None and self.plan.listed.get("tasks"):
-            spec, task = self.plan.listed["tasks"][0]
-            config = config.model_copy(update={"task": spec.task, "data": spec.data})
-        task.prepare(load_records(config, task)["train"])
+            first = self.plan.listed["tasks"][0]
+            task, config, read = first.task, first.config, first.records
+        task.prepare(load_records(config, task, read)["train"])
         if self.plan.adapter is not None:
             task.extra_model_kwargs.update(self.plan.adapter.model_kwargs())
         with torch.random.fork_rng():  # a task head built and dropped here does not shift the run's seeds
