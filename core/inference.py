@@ -21,7 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from tuneforge.builders import build_eval_loaders, build_plugins, load_records, load_trained_model
+from tuneforge.builders import (
+    build_eval_loaders,
+    build_model,
+    build_plugins,
+    load_records,
+    load_trained_model,
+)
 from tuneforge.config import RunConfig, load_config, load_config_dict
 from tuneforge.errors import ConfigError
 from tuneforge.evaluation import collect_outputs
@@ -120,7 +126,7 @@ def load_base(config_path: Path, overrides: list[str] | None = None, plugins: An
         records = load_records(config, task, plan.records)
         tokenizer = task.load_tokenizer()
         task.prepare(records["train"])
-        net = task.build_model(tokenizer).eval()
+        net = build_model(config, task, tokenizer).eval()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net.to(device)
     return TrainedModel(config, task, tokenizer, net, Path(task.model_path()), None, device, plan.plugins)

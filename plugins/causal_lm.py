@@ -194,6 +194,10 @@ class CausalLMTask(Task):
         """``record`` with its prompt built by ``prompt_format`` (unchanged without one) and a list
         response reduced to its first reference (the training target; references keep the list)."""
         o = self.options
+        response = record.get(o.response_field)
+        listed = isinstance(response, list) and bool(response) and all(isinstance(r, str) for r in response)
+        if o.prompt_format is None and not listed:  # nothing to change: no copy
+            return record
         out = dict(record)
         if o.prompt_format is not None and not self._uses_chat(record):
             fields = {k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in record.items()}
@@ -206,8 +210,7 @@ class CausalLMTask(Task):
             except (ValueError, IndexError) as exc:
                 raise ConfigError(f"task.prompt_format: not a valid format string ({exc}); name fields as "
                                   "{field} and write literal braces as {{ }}") from None
-        response = record.get(o.response_field)
-        if isinstance(response, list) and response and all(isinstance(r, str) for r in response):
+        if listed and isinstance(response, list):
             out[o.response_field] = response[0]
             out.setdefault("_references", response)
         return out
