@@ -95,6 +95,11 @@ class CausalLMOptions(TaskOptions):
         "{prompt}\n", description="Without a chat template: text before the response; must contain {prompt}."
     )
     train_on_prompt: bool = Field(False, description="Also compute the loss on prompt tokens.")
+    truncate_field: str | None = Field(
+        None, description="When an example is longer than data.max_length, cut this record field (a passage "
+        "or document that task.prompt_format places in the prompt) from its end until the example fits, so the "
+        "instruction, the question and the reply are kept; without it the example is cut from its end.",
+    )
     packing: bool = Field(
         False,
         description="Pack training examples into blocks of data.max_length; attention and positions are "
@@ -126,6 +131,10 @@ class CausalLMTask(Task):
         #: Generate on every validation/test record: scorers or registered metrics need replies.
         self.scoring = bool(options.generation.scorers or config.evaluation.extra_metrics)
         self._validation: tuple[dict[str, np.ndarray], list[dict[str, Any]]] | None = None  # last scored
+        self._shortened = 0  # examples of the last encode() whose task.truncate_field was cut
+        if options.truncate_field is not None and options.input_format == "chat":
+            raise ConfigError("task.truncate_field cuts a field of prompt/response records; chat records "
+                              "(input_format: chat) are cut from their end")
         metric = config.evaluation.metric
         owner = scorer_of_metric(metric) if metric else None
         if owner is not None and owner not in options.generation.scorers:
@@ -338,15 +347,45 @@ class CausalLMTask(Task):
         prompt_length = next((j for j, (a, _) in enumerate(enc["offset_mapping"]) if a >= start), len(ids))
         return ids, labels, prompt_length
 
+    def _fitted(self, record: dict[str, Any], tokenizer: Any, where: str, encode: Any,
+                max_length: int) -> tuple[dict[str, Any], list[int], list[int], int]:
+        """``(formatted record, input_ids, labels, prompt_length)`` of ``record`` encoded by
+        ``encode``; with ``task.truncate_field``, an example longer than ``max_length`` is
+        encoded again with that field's text cut by the overflow (in tokens, from its end)."""
+        rec = self.formatted(record, where)
+        ids, labels, prompt_length = encode(rec, tokenizer, where)
+        field = self.options.truncate_field
+        if field is None or len(ids) <= max_length or self._uses_chat(record):
+            return rec, ids, labels, prompt_length
+        value = record.get(field)
+        if isinstance(value, list):
+            value = " ".join(map(str, value))
+        if not isinstance(value, str):
+            raise DataError(f"{where}: task.truncate_field '{field}' must name a text field of the record "
+                            f"(fields present: {', '.join(sorted(record)) or 'none'})")
+        pieces = tokenizer(value, add_special_tokens=False)["input_ids"]
+        for attempt in range(4):  # decoding and re-tokenising can shift a token or two: cut a little more
+            over = len(ids) - max_length
+            if over <= 0 or not pieces:
+                break
+            pieces = pieces[: max(0, len(pieces) - over - attempt)]
+            cut = dict(record)
+            cut[field] = tokenizer.decode(pieces)
+            rec = self.formatted(cut, where)
+            ids, labels, prompt_length = encode(rec, tokenizer, where)
+        self._shortened += 1
+        return rec, ids, labels, prompt_length
+
     def encode(self, records: list[dict[str, Any]], tokenizer: Any, split: str) -> list[dict[str, Any]]:
         self.tokenizer = tokenizer
         source = getattr(self.config.data, split, None) or f"{split} split"
         max_length = self.config.data.max_length
         features, truncated, empty, cut_prompts = [], 0, 0, 0
+        self._shortened = 0
         if split == "predict":  # generate a reply for every record (and score a given one)
             for i, rec in enumerate(records):
                 where = record_origin(rec, source, i)
-                ids, labels, prompt_length = self.encode_prompt(self.formatted(rec, where), tokenizer, where)
+                ids, labels, prompt_length = self._fitted(rec, tokenizer, where, self.encode_prompt, max_length)[1:]
                 if prompt_length > max_length:  # keep the end of the prompt: that is what is continued
                     truncated += 1
                     ids = ids[prompt_length - max_length : prompt_length]
@@ -359,8 +398,7 @@ class CausalLMTask(Task):
             return features
         for i, original in enumerate(records):
             where = record_origin(original, source, i)
-            rec = self.formatted(original, where)
-            ids, labels, prompt_length = self.encode_record(rec, tokenizer, where)
+            rec, ids, labels, prompt_length = self._fitted(original, tokenizer, where, self.encode_record, max_length)
             if len(ids) > max_length:
                 truncated += 1
                 ids, labels = ids[:max_length], labels[:max_length]
@@ -376,6 +414,9 @@ class CausalLMTask(Task):
                 feat["prompt_length"] = min(prompt_length, len(ids))
                 feat["sample"] = int(self.scoring or i < self.options.generation_samples)
             features.append(feat)
+        if self._shortened:
+            log.info("%s: %d of %d examples had their '%s' cut to fit data.max_length=%d", split, self._shortened,
+                     len(records), self.options.truncate_field, max_length)
         if truncated:
             log.info("%s: %d of %d examples truncated to %d tokens", split, truncated, len(records), max_length)
         if cut_prompts:
