@@ -469,14 +469,21 @@ class CausalLMTask(Task):
         return new if new.shape[1] else empty
 
     def compute_metrics(self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]]) -> dict[str, float]:
-        metrics = perplexity_metrics(outputs["nll_sum"], outputs["tokens"])
-        if self.scoring and "generated" in outputs:
-            replies, references = self.generations(outputs, features)
-            for scores in self.scorer_functions(references).values():
-                metrics.update(scores(replies, references))
-            metrics["distinct_fraction"] = len(set(replies)) / max(1, len(replies))
-            if split == "validation":
-                self._validation = (outputs, features)
+        return {**perplexity_metrics(outputs["nll_sum"], outputs["tokens"]),
+                **self.generation_metrics(outputs, split, features)}
+
+    def generation_metrics(self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]]) -> dict[str, float]:
+        """Every scorer's metrics and ``distinct_fraction`` of a split's generated replies (empty
+        when nothing was scored); a validation split is kept for :meth:`write_validation_generations`."""
+        if not (self.scoring and "generated" in outputs):
+            return {}
+        replies, references = self.generations(outputs, features)
+        metrics: dict[str, float] = {}
+        for scores in self.scorer_functions(references).values():
+            metrics.update(scores(replies, references))
+        metrics["distinct_fraction"] = len(set(replies)) / max(1, len(replies))
+        if split == "validation":
+            self._validation = (outputs, features)
         return metrics
 
     def generations(self, outputs: dict[str, np.ndarray], features: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:

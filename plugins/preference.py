@@ -17,12 +17,17 @@ Losses (``task.loss``; ``docs/preference.md`` has the formulas, all checked agai
 ``dpo`` (sigmoid, conservative ``label_smoothing``), ``ipo`` (per-token normalised, as TRL),
 ``orpo`` (NLL of chosen + odds-ratio term, no reference) and ``simpo`` (length-normalised margin
 with ``simpo_gamma``, no reference).
+
+With ``task.generation.scorers``, validation and test also generate a reply to each pair's prompt
+(the causal-LM task's generation: the chosen side's prompt, left-padded, KV cache, greedy or beam)
+and score it against the chosen reply, so a run can select on ROUGE or exact match.
 """
 
 from __future__ import annotations
 
 import logging
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -34,6 +39,7 @@ from tuneforge import hookimpl
 from tuneforge.data import pad_features, record_origin
 from tuneforge.errors import ConfigError, DataError, TrainingError
 from tuneforge.plugins.causal_lm import CausalLMOptions, CausalLMTask
+from tuneforge.plugins.generation_scorers import all_metric_names
 from tuneforge.tasks import unwrap_model
 from tuneforge.text import IGNORE_INDEX
 
@@ -41,6 +47,9 @@ log = logging.getLogger(__name__)
 REFERENCE_LOSSES = ("dpo", "ipo")
 SIDES = ("chosen", "rejected")
 REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
+REWARD_METRICS = ("loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward",
+                  "chosen_logps", "rejected_logps")
+GENERATION_KEYS = ("prompt_length", "sample")  # of the chosen side, batched when replies are scored
 
 
 class PreferenceOptions(CausalLMOptions):
@@ -112,8 +121,7 @@ class PreferenceTask(CausalLMTask):
     Options = PreferenceOptions
     primary_metric = "reward_accuracy"
     greater_is_better = True
-    metric_names = ("loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward",
-                    "chosen_logps", "rejected_logps")
+    metric_names = (*REWARD_METRICS, "distinct_fraction", *all_metric_names())
     options: PreferenceOptions
 
     def __init__(self, options: Any, config: Any) -> None:
@@ -138,6 +146,13 @@ class PreferenceTask(CausalLMTask):
                               "remove task.reference")
         self.reference_mode = self._resolve_reference(config)
         self.reference_model: torch.nn.Module | None = None
+        m = config.model
+        #: The pretrained model a frozen reference loads outside ``tuneforge train``; kept in the
+        #: task state, since a reloaded full fine-tune's ``model.name_or_path`` is the trained model.
+        self.reference_source: dict[str, Any] | None = (
+            {"name_or_path": m.name_or_path, "revision": m.revision, "gguf_file": m.gguf_file}
+            if self.copies_reference else None)
+        self._set_up = False  # Task.setup ran (tuneforge train), so the reference is placed already
         self.autocast: Any = nullcontext
         self.features: dict[str, list[dict[str, Any]]] = {}
 
@@ -149,8 +164,22 @@ class PreferenceTask(CausalLMTask):
             return "adapter" if config.adapter is not None else "copy"
         return str(o.reference)
 
+    @property
+    def copies_reference(self) -> bool:
+        """The reference is a model of its own: the frozen copy, or the initial weights of a
+        precomputed full fine-tune (with an adapter it is the disabled adapter)."""
+        return self.reference_mode == "copy" or (self.reference_mode == "precomputed" and self.config.adapter is None)
+
     def prepare(self, train_records: list[dict[str, Any]]) -> None:
         """Nothing to learn; the fields are checked record by record in :meth:`encode`."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reference_model": self.reference_source} if self.reference_source is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.copies_reference:  # a state without it: only an adapter run's config still names the base model
+            fallback = self.reference_source if self.config.adapter is not None else None
+            self.reference_source = state.get("reference_model", fallback)
 
     # -- features ---------------------------------------------------------------------
 
@@ -184,9 +213,11 @@ class PreferenceTask(CausalLMTask):
             raise DataError(f"{where}: field '{o.prompt_field}' must be a string or a list of messages")
         return {o.messages_field: [*prompt, *reply]}
 
-    def encode_side(self, record: dict[str, Any], side: str, tokenizer: Any, where: str) -> tuple[list[int], list[int]]:
-        """``(input_ids, labels)`` of one side; labels cover the final reply only."""
-        ids, labels, _ = self.encode_record(self._side_record(record, side, where), tokenizer, f"{where} ({side})")
+    def encode_side(self, record: dict[str, Any], side: str, tokenizer: Any, where: str) -> tuple[list[int], list[int], int]:
+        """``(input_ids, labels, prompt_length)`` of one side; labels cover the final reply only,
+        ``prompt_length`` tokens precede it (what generation continues)."""
+        ids, labels, prompt_length = self.encode_record(self._side_record(record, side, where), tokenizer,
+                                                        f"{where} ({side})")
         # Earlier assistant turns of a conversation are context: keep the last labelled run only.
         last = len(labels)
         while last and labels[last - 1] == IGNORE_INDEX:
@@ -195,22 +226,32 @@ class PreferenceTask(CausalLMTask):
         while first and labels[first - 1] != IGNORE_INDEX:
             first -= 1
         kept = [IGNORE_INDEX] * first + labels[first:last] + [IGNORE_INDEX] * (len(labels) - last)
-        return ids, kept
+        return ids, kept, prompt_length
+
+    def pair_references(self, record: dict[str, Any], where: str) -> list[str]:
+        """What a reply generated for the pair's prompt is scored against: the chosen reply, or
+        ``task.generation.references_field`` of the record."""
+        source = record if self.options.generation.references_field else self._side_record(record, "chosen", where)
+        return self.references(source, where)
 
     def encode(self, records: list[dict[str, Any]], tokenizer: Any, split: str) -> list[dict[str, Any]]:
         self.tokenizer = tokenizer
         source = getattr(self.config.data, split, None) or f"{split} split"
         max_length = self.config.data.max_length
         features, truncated, empty = [], 0, 0
+        scored = split != "train" and self.scoring  # generate a reply to every prompt and score it
         for i, rec in enumerate(records):
             where = record_origin(rec, source, i)
             feat: dict[str, Any] = {}
             for side in SIDES:
-                ids, labels = self.encode_side(rec, side, tokenizer, where)
+                ids, labels, prompt_length = self.encode_side(rec, side, tokenizer, where)
                 if len(ids) > max_length:
                     truncated += 1
                     ids, labels = ids[:max_length], labels[:max_length]
                 feat[f"{side}_input_ids"], feat[f"{side}_labels"] = ids, labels
+                if scored and side == "chosen":
+                    feat.update(prompt_length=min(prompt_length, len(ids)), sample=1,
+                                references=self.pair_references(rec, where))
             if any(all(t == IGNORE_INDEX for t in feat[f"{s}_labels"][1:]) for s in SIDES):
                 empty += 1
                 if split == "train":
@@ -233,13 +274,17 @@ class PreferenceTask(CausalLMTask):
 
     def collate(self, features: list[dict[str, Any]], tokenizer: Any) -> dict[str, torch.Tensor]:
         """One batch of ``2B`` rows: the chosen sequences, then the rejected ones; cached
-        reference log-probs ride along as ``ref_chosen_logps``/``ref_rejected_logps``."""
+        reference log-probs ride along as ``ref_chosen_logps``/``ref_rejected_logps``, and the
+        chosen side's ``prompt_length``/``sample`` when replies are generated."""
         rows = [{"input_ids": f[f"{side}_input_ids"], "attention_mask": [1] * len(f[f"{side}_input_ids"]),
                  "labels": f[f"{side}_labels"]} for side in SIDES for f in features]
         batch = pad_features(rows, pad_token_id=tokenizer.pad_token_id)
         for key in REF_KEYS:
             if key in features[0]:
                 batch[key] = torch.tensor([f[key] for f in features], dtype=torch.float32)
+        for key in GENERATION_KEYS:
+            if key in features[0]:
+                batch[key] = torch.tensor([f[key] for f in features], dtype=torch.long)
         return batch
 
     # -- the reference model -------------------------------------------------------------
@@ -248,7 +293,7 @@ class PreferenceTask(CausalLMTask):
         """Resolve the reference: check the adapter can be disabled, prepare a frozen copy
         (``runtime.prepare_frozen``), or precompute and cache the reference log-probs of
         every split (same forward passes on every rank)."""
-        self.autocast = runtime.autocast
+        self.autocast, self._set_up = runtime.autocast, True
         if self.reference_mode == "none":
             return
         adapted = self.config.adapter is not None and self.reference_mode in ("adapter", "precomputed")
@@ -265,21 +310,35 @@ class PreferenceTask(CausalLMTask):
         bare = unwrap_model(model)
         return bare.disable_adapter() if hasattr(bare, "disable_adapter") else nullcontext()  # type: ignore[operator]
 
+    def load_reference(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The frozen reference where :meth:`setup` did not run (``tuneforge evaluate``/``predict``):
+        the pretrained model of :attr:`reference_source`, on the policy's device."""
+        if self.reference_source is None:
+            raise ConfigError("task 'preference': this run's task_state.json does not name the pretrained model of "
+                              "its reference (written by an earlier tuneforge); add \"reference_model\": "
+                              "{\"name_or_path\": \"<the run's model.name_or_path>\"} to model/task_state.json")
+        m = self.config.model.model_copy(update=self.reference_source)
+        source = type(self)(self.options, self.config.model_copy(update={"model": m}))
+        source.extra_model_kwargs = dict(self.extra_model_kwargs)
+        log.info("reference model: %s", m.name_or_path)
+        net = source.build_model(self.tokenizer).requires_grad_(False).eval()
+        return net.to(next(unwrap_model(model).parameters()).device)
+
     def reference_logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The reference's summed reply log-probs ``(chosen, rejected)`` of a batch: the cached
-        ones, or a no-grad forward pass of the disabled-adapter policy or the frozen copy."""
+        ones, or a no-grad forward pass of the disabled-adapter policy or the frozen model
+        (loaded on first use outside ``tuneforge train``)."""
         if REF_KEYS[0] in batch:
             return batch[REF_KEYS[0]], batch[REF_KEYS[1]]
         context: AbstractContextManager[Any] = nullcontext()
-        if self.reference_mode == "copy":
-            if self.reference_model is None:
-                raise TrainingError("task 'preference': the reference copy is built by Task.setup, which this entry "
-                                    "point did not call; evaluate inside `tuneforge train`, or train with an adapter")
-            net = self.reference_model
-        elif self.config.adapter is not None:
+        if not self.copies_reference:
             net, context = unwrap_model(model), self._reference_context(model)
-        else:
+        elif self.reference_model is not None:
+            net = self.reference_model
+        elif self._set_up:  # precomputed during training, but not for this split
             raise TrainingError("task 'preference': reference log-probs were not precomputed for this split")
+        else:
+            net = self.reference_model = self.load_reference(model)
         with torch.no_grad(), context, self.autocast():
             logps, _, _ = self.sequence_logps(net, batch)
         return logps[0].float(), logps[1].float()
@@ -356,14 +415,20 @@ class PreferenceTask(CausalLMTask):
     # -- evaluation ---------------------------------------------------------------------
 
     def evaluation_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-pair losses, rewards and log-probs; with scorers, also the ids generated from the
+        chosen side's prompts (every rank generates: see ``CausalLMTask._generate_samples``)."""
         out = self.pair_outputs(model, batch)
         out["loss"] = out.pop("losses").detach()
+        if "sample" in batch:
+            chosen = {"input_ids": batch["input_ids"][: len(batch["sample"])],
+                      **{k: batch[k] for k in GENERATION_KEYS}}
+            out["generated"] = self._generate_samples(model, chosen)
         return out
 
     def compute_metrics(self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]]) -> dict[str, float]:
         chosen, rejected = outputs["chosen_reward"].astype(np.float64), outputs["rejected_reward"].astype(np.float64)
         if not len(chosen):
-            return {name: float("nan") for name in self.metric_names}
+            return {name: float("nan") for name in REWARD_METRICS}
         return {
             "reward_accuracy": float(np.mean(chosen > rejected)),
             "reward_margin": float(np.mean(chosen - rejected)),
@@ -372,6 +437,7 @@ class PreferenceTask(CausalLMTask):
             "chosen_logps": float(np.mean(outputs["chosen_logps"])),
             "rejected_logps": float(np.mean(outputs["rejected_logps"])),
             "loss": float(np.mean(outputs["loss"])),
+            **self.generation_metrics(outputs, split, features),
         }
 
     def predictions(self, outputs: dict[str, np.ndarray], features: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -379,6 +445,14 @@ class PreferenceTask(CausalLMTask):
         return [{**{k: round(float(outputs[k][i]), 6) for k in keys},
                  "prefers_chosen": bool(outputs["chosen_reward"][i] > outputs["rejected_reward"][i])}
                 for i in range(len(features))]
+
+    def write_reports(self, outputs: dict[str, np.ndarray], split: str, features: list[dict[str, Any]], directory: Path) -> None:
+        """``reports/{split}_generations.jsonl`` as the causal-LM task writes it (the chosen side's
+        prompt, the reference, the generated reply and its scores), when replies were generated."""
+        if "generated" in outputs:
+            sides = [{"input_ids": f["chosen_input_ids"], "labels": f["chosen_labels"],
+                      **{k: f[k] for k in (*GENERATION_KEYS, "references") if k in f}} for f in features]
+            super().write_reports(outputs, split, sides, directory)
 
 
 @hookimpl

@@ -339,3 +339,105 @@ def test_reference_resolution(tiny_llama: str, pref_data: dict[str, str], tmp_pa
     with_lora = make_config(tiny_llama, pref_data, tmp_path)
     with_lora["adapter"] = {"type": "lora"}
     assert make_task(with_lora).reference_mode == "adapter"
+
+
+# -- evaluation of a trained run ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reference", ["copy", "precomputed"])
+def test_evaluate_a_full_fine_tune_reproduces_its_test_rewards(tf_run: Any, tiny_llama: str, pref_data: dict[str, str],
+                                                               tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               reference: str) -> None:
+    """``tuneforge evaluate --run`` on a full fine-tune whose reference is the pretrained model
+    (a frozen copy, or precomputed from the initial weights) used to raise: Task.setup, which
+    builds the copy, runs only in ``tuneforge train``, and the reloaded task's model.name_or_path
+    is the trained model. The task state names the pretrained model, so evaluate loads it as the
+    reference and reports the run's own test rewards."""
+    from tuneforge.cli import main
+
+    results, run_dir = tf_run(make_config(tiny_llama, pref_data, tmp_path, reference=reference, beta=0.5))
+    assert json.loads((run_dir / "model" / "task_state.json").read_text())["reference_model"]["name_or_path"] == tiny_llama
+    assert results["test"]["reward_margin"] != 0  # the policy moved off the reference
+    assert main(["evaluate", "--run", str(run_dir)]) == 0, capsys.readouterr().err
+    saved = json.loads((run_dir / "eval" / "test" / "metrics.json").read_text())["metrics"]
+    for key in ("reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward", "loss"):
+        assert saved[key] == pytest.approx(results["test"][key], abs=1e-5), key
+    assert "distinct_fraction" not in saved and not (run_dir / "reports").exists()  # no scorers: no generation
+
+
+# -- generation scorers ---------------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def chosen_text(record: dict[str, Any]) -> str:
+    chosen = record["chosen"]
+    return chosen if isinstance(chosen, str) else chosen[-1]["content"]
+
+
+def test_generation_scorers_score_replies_against_the_chosen_one(tf_run: Any, tiny_llama: str, pref_data: dict[str, str],
+                                                                 tmp_path: Path) -> None:
+    """With ``task.generation.scorers`` a preference run generates a greedy reply to every pair's
+    prompt on validation and test, scores it against the chosen reply beside the rewards, writes
+    ``reports/{split}_generations.jsonl`` (one row per pair) and selects on ``rougeLsum``. The test
+    replies are the exported model's own greedy continuations of the chat-template prompt."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.plugins.generation_scorers import SCORERS
+
+    config = make_config(tiny_llama, pref_data, tmp_path, loss="orpo", max_new_tokens=6,
+                         generation={"scorers": ["exact_match", "rouge"]})
+    config["training"].update(max_steps=24, batch_size=8, lr=1e-2)  # ORPO's NLL term teaches the replies
+    config["evaluation"] = {"strategy": "steps", "every_n_steps": 12, "metric": "rougeLsum"}
+    results, run_dir = tf_run(config)
+    names = ("exact_match", "rouge1", "rouge2", "rougeLsum", "distinct_fraction", "reward_accuracy", "reward_margin")
+    for split in ("validation", "test"):
+        assert set(names) <= set(results[split]), (split, sorted(results[split]))
+    history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rouge = [x["rougeLsum"] for x in history if x["split"] == "validation"]
+    assert len(rouge) == 2 and results["metric"] == "rougeLsum" and max(rouge) > 0.2
+    assert results["best_metric"] == pytest.approx(max(rouge), abs=1e-12)
+
+    records = {split: [json.loads(x) for x in Path(pref_data[split]).read_text().splitlines()] for split in ("validation", "test")}
+    for split in ("validation", "test"):
+        rows = read_jsonl(run_dir / "reports" / f"{split}_generations.jsonl")
+        assert [r["reference"] for r in rows] == [chosen_text(rec) for rec in records[split]]
+        replies, refs = [r["output"] for r in rows], [[r["reference"]] for r in rows]
+        for scorer in ("exact_match", "rouge"):
+            for key, value in SCORERS[scorer].fn(replies, refs).items():
+                assert results[split][key] == pytest.approx(value, abs=1e-9), (split, key)
+        assert results[split]["distinct_fraction"] == pytest.approx(len(set(replies)) / len(replies))
+        assert all(set(r["score"]) == {"exact_match", "rouge1", "rouge2", "rougeLsum"} for r in rows)
+
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model").eval()
+    rows = read_jsonl(run_dir / "reports" / "test_generations.jsonl")
+    for record, row in list(zip(records["test"], rows))[:4]:
+        turns = record["prompt"] if isinstance(record["prompt"], list) else [{"role": "user", "content": record["prompt"]}]
+        prompt = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        assert row["prompt"] == prompt
+        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
+        assert row["output"] == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+    from tuneforge.cli import main
+
+    assert main(["evaluate", "--run", str(run_dir)]) == 0  # the inference path generates and scores alike
+    saved = json.loads((run_dir / "eval" / "test" / "metrics.json").read_text())["metrics"]
+    assert {k: saved[k] for k in names} == pytest.approx({k: results["test"][k] for k in names}, abs=1e-6)
+    assert read_jsonl(run_dir / "eval" / "test" / "reports" / "test_generations.jsonl") == rows
+
+
+@pytest.mark.parametrize(("metric", "scorers"), [("accuracy", []), ("rougeLsum", ["exact_match"]),
+                                                 ("distinct_fraction", [])])
+def test_a_generation_metric_without_its_scorer_fails_before_training(tf_run: Any, tiny_llama: str,
+                                                                       pref_data: dict[str, str], tmp_path: Path,
+                                                                       metric: str, scorers: list[str]) -> None:
+    config = make_config(tiny_llama, pref_data, tmp_path, generation={"scorers": scorers})
+    config["evaluation"]["metric"] = metric
+    with pytest.raises(ConfigError, match=rf"evaluation.metric: '{metric}' .*task.generation.scorers") as err:
+        tf_run(config)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()  # refused before the run directory, let alone a step
