@@ -17,12 +17,13 @@ training examples with the same model (a reference kept by ``evaluation_step``),
 logistic regression with ``C = logistic_c``) and scores the split. The last fitted head is
 saved in the exported model's ``task_state.json``, so ``tuneforge evaluate``/``predict`` use
 it without the training data. ``training.max_steps: 0`` evaluates the frozen encoder.
+
+The losses, pairs and heads are :mod:`tuneforge.contrastive`'s (re-exported here), the same
+that ``tuneforge meta`` uses with ``meta.eval.adaptation: contrastive``.
 """
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -31,10 +32,14 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from tuneforge import hookimpl
+from tuneforge.contrastive import LinearHead, contrastive_pairs, pair_loss, pool, supcon_loss
 from tuneforge.data import make_loader, pad_features
 from tuneforge.errors import ConfigError
 from tuneforge.evaluation import collect_outputs
 from tuneforge.plugins.classification import ClassificationOptions, ClassificationTask, label_metrics
+
+__all__ = ["FewShotClassificationTask", "FewShotOptions", "LinearHead", "contrastive_pairs", "pair_loss", "pool",
+           "supcon_loss"]  # the losses and heads live in tuneforge.contrastive (shared with `tuneforge meta`)
 
 PAIR_KEYS = ("pair_input_ids", "pair_attention_mask")
 
@@ -52,88 +57,6 @@ class FewShotOptions(ClassificationOptions):
         "regression."))
     logistic_c: float = Field(1.0, gt=0, description="head=logistic: inverse regularisation strength C.")
     pooling: Literal["mean", "cls"] = Field("mean", description="Sentence embedding: mean of tokens or [CLS].")
-
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Sentence embeddings from the last hidden states: the ``[CLS]`` vector or the masked mean."""
-    if pooling == "cls":
-        return hidden[:, 0]
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-
-
-def supcon_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Supervised contrastive loss (Khosla et al., 2020, L_out): for each anchor, the mean log
-    probability of its positives (same label, itself excluded) among all other examples."""
-    z = F.normalize(embeddings.float(), dim=-1)
-    self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
-    sim = (z @ z.T / temperature).masked_fill(self_mask, float("-inf"))
-    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
-    positives = (labels[:, None] == labels[None, :]) & ~self_mask
-    has_positive = positives.any(1)
-    per_anchor = log_prob.masked_fill(~positives, 0.0).sum(1) / positives.sum(1).clamp(min=1)
-    return -per_anchor[has_positive].mean()
-
-
-def contrastive_pairs(labels: list[int], rounds: int, seed: int) -> list[tuple[int, int, float]]:
-    """``(i, j, target)`` pairs: per round and example ``i``, one ``j`` of the same label
-    (target 1.0; ``i`` itself when it is its label's only example) and one of another label (0.0)."""
-    rng = random.Random(seed)
-    by_label: dict[int, list[int]] = {}
-    for i, y in enumerate(labels):
-        by_label.setdefault(y, []).append(i)
-    pairs: list[tuple[int, int, float]] = []
-    for _ in range(rounds):
-        for i, y in enumerate(labels):
-            same = [j for j in by_label[y] if j != i] or [i]
-            pairs.append((i, rng.choice(same), 1.0))
-            other = rng.choice([z for z in by_label if z != y]) if len(by_label) > 1 else y
-            pairs.append((i, rng.choice(by_label[other]), 0.0))
-    return pairs
-
-
-@dataclass
-class LinearHead:
-    """A fitted head: ``scores = embeddings @ weights.T + bias`` over ``classes`` (label ids)."""
-
-    kind: str
-    classes: np.ndarray
-    weights: np.ndarray
-    bias: np.ndarray
-
-    @classmethod
-    def fit(cls, kind: str, embeddings: np.ndarray, labels: np.ndarray, c: float) -> LinearHead:
-        classes = np.unique(labels)
-        if kind == "prototype":
-            centres = np.stack([embeddings[labels == y].mean(0) for y in classes])
-            centres /= np.linalg.norm(centres, axis=1, keepdims=True).clip(min=1e-12)
-            return cls(kind, classes, centres, np.zeros(len(classes)))
-        from sklearn.linear_model import LogisticRegression
-
-        clf = LogisticRegression(C=c, max_iter=2000).fit(embeddings, labels)
-        weights, bias = clf.coef_, clf.intercept_
-        if len(classes) == 2:  # one logit row for two classes: the same softmax as two rows +-/2
-            weights, bias = np.concatenate([-weights / 2, weights / 2]), np.concatenate([-bias / 2, bias / 2])
-        return cls(kind, classes, weights, bias)
-
-    def predict(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(label ids, confidence): the logistic probability, or the prototype's cosine similarity."""
-        scores = embeddings @ self.weights.T + self.bias
-        best = scores.argmax(1)
-        if self.kind == "prototype":
-            confidence = scores.max(1)
-        else:
-            z = np.exp(scores - scores.max(1, keepdims=True))
-            confidence = (z / z.sum(1, keepdims=True)).max(1)
-        return self.classes[best], confidence
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "classes": self.classes.tolist(), "weights": self.weights.tolist(),
-                "bias": self.bias.tolist()}
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> LinearHead:
-        return cls(raw["kind"], np.asarray(raw["classes"]), np.asarray(raw["weights"]), np.asarray(raw["bias"]))
 
 
 class FewShotClassificationTask(ClassificationTask):
@@ -195,7 +118,7 @@ class FewShotClassificationTask(ClassificationTask):
     def training_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if "pair_label" in batch:
             first, second = self.embed(model, batch).chunk(2)
-            return F.mse_loss(F.cosine_similarity(first, second), batch["pair_label"].to(first.dtype))
+            return pair_loss(first, second, batch["pair_label"])
         twice = {k: torch.cat([v, v]) for k, v in batch.items()}  # two dropout views of each example
         return supcon_loss(self.embed(model, twice), twice["labels"], self.options.temperature)
 

@@ -198,6 +198,42 @@ def test_linear_heads_fit_predict_and_round_trip(kind: str, classes: int) -> Non
 
 
 @pytest.mark.parametrize("loss", ["pairs", "supcon"])
+def test_plugin_and_meta_test_share_one_contrastive_loss(loss: str, tiny_classification_config: dict[str, Any]) -> None:
+    """The task's training loss and the meta-test's (tuneforge.meta) are tuneforge.contrastive's:
+    the same value on the same examples and model."""
+    from tuneforge import contrastive
+    from tuneforge.meta.learner import ContrastiveAdaptation, EpisodeLearner, ExampleStore
+    from tuneforge.plugins import fewshot
+
+    for name in ("supcon_loss", "contrastive_pairs", "pair_loss", "pool", "LinearHead"):
+        assert getattr(fewshot, name) is getattr(contrastive, name)  # re-exported, not copied
+    config = tiny_classification_config
+    config["task"] = {"name": "fewshot_classification", "loss": loss, "pairs_per_example": 2, "temperature": 0.1}
+    cfg = validate(config)
+    task = make_task(cfg, build_plugins(cfg))
+    records = read_records(config["data"]["train"])[:12]
+    task.prepare(records)
+    tokenizer = task.load_tokenizer()
+    model = task.build_model(tokenizer).eval()  # dropout off: the task's two SupCon views are equal
+    plugin_value = float(task.training_loss(model, task.collate(task.encode(records, tokenizer, "train"), tokenizer)).detach())
+
+    store = ExampleStore()
+    ids = store.add([r["text"] for r in records])
+    store.tokenize(tokenizer, cfg.data.max_length)
+    learner = EpisodeLearner(model, store, pad_token_id=tokenizer.pad_token_id or 0)
+    labels = [f["labels"] for f in task.train_features or []]
+    if loss == "supcon":
+        core_value = learner.contrastive_loss(list(zip(ids, labels)), ContrastiveAdaptation("supcon", temperature=0.1))
+    else:
+        embeddings = learner.embed(ids)
+        drawn = contrastive.contrastive_pairs(labels, 2, cfg.training.seed)
+        core_value = contrastive.pair_loss(embeddings[[i for i, _, _ in drawn]], embeddings[[j for _, j, _ in drawn]],
+                                           torch.tensor([t for _, _, t in drawn]))
+    assert len(set(labels)) == 2 and plugin_value > 0
+    assert float(core_value.detach()) == pytest.approx(plugin_value, rel=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["pairs", "supcon"])
 def test_fewshot_task_trains_exports_and_reloads(loss: str, tf_run: Any, tiny_classification_config: dict[str, Any]) -> None:
     config = tiny_classification_config
     config["task"] = {"name": "fewshot_classification", "loss": loss, "pairs_per_example": 2, "head": "logistic"}

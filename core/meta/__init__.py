@@ -3,7 +3,7 @@ meta-training of a start that adapts to a new task from a few examples.
 
 * :mod:`tuneforge.meta.config`    the ``meta:`` section of the run config
 * :mod:`tuneforge.meta.episodes`  task collections, label splits, N-way K-shot episodes
-* :mod:`tuneforge.meta.learner`   encoder + prototype-initialised cosine head, inner loop
+* :mod:`tuneforge.meta.learner`   encoder + prototype-initialised cosine head, inner loop, contrastive adaptation
 * :mod:`tuneforge.meta.algorithm` the :class:`MetaAlgorithm` plugin interface
 * :mod:`tuneforge.meta.loops`     meta-training, the multi-task baseline, meta-test
 * :mod:`tuneforge.meta.run`       the command: collection -> meta-train -> baselines -> table

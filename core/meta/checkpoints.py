@@ -32,6 +32,7 @@ import torch
 from tuneforge.checkpoint import CheckpointManager, read_state
 from tuneforge.config import RunConfig, diff_keys
 from tuneforge.errors import CheckpointError, ConfigError
+from tuneforge.meta.config import MetaConfig
 from tuneforge.meta.loops import multitask_steps
 
 log = logging.getLogger("tuneforge.meta")
@@ -98,7 +99,7 @@ class MetaCheckpoints:
         state = read_state(path)
         if state.get("kind") != "meta":
             raise CheckpointError(f"resume: {path} is a training checkpoint, not one of a `tuneforge meta` run")
-        changed = diff_keys(state.get("settings"), self.settings)
+        changed = diff_keys(upgraded(state.get("settings")), self.settings)
         if changed:
             raise ConfigError(
                 f"resume: {path} was written with other settings ({', '.join(changed)} differ); resume with "
@@ -126,3 +127,15 @@ class MetaCheckpoints:
                 torch.save(blob, directory / STATE_FILE)
 
         return self.manager.save(run_step, state, write, self.runtime.barrier)
+
+
+def upgraded(settings: Any) -> Any:
+    """Saved settings with the ``meta`` keys added since they were written at their defaults, so
+    a run checkpointed by an earlier version resumes when nothing it used has changed."""
+    if not isinstance(settings, dict) or not isinstance(settings.get("meta"), dict):
+        return settings
+    try:
+        meta = MetaConfig.model_validate(settings["meta"]).model_dump(mode="json")
+    except ValueError:  # not a valid section any more: the comparison names what differs
+        return settings
+    return {**settings, "meta": meta}

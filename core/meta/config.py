@@ -19,6 +19,10 @@ class MetaSourceTask(Section):
 
 
 MetaBaseline = Literal["pretrained", "multitask"]
+# The choices of task fewshot_classification's loss/head options (tuneforge.contrastive implements them);
+# spelled out here because the config stays free of torch.
+ContrastiveLoss = Literal["supcon", "pairs"]
+HeadKind = Literal["prototype", "logistic"]
 
 
 def _default_baselines() -> list[MetaBaseline]:
@@ -26,19 +30,42 @@ def _default_baselines() -> list[MetaBaseline]:
 
 
 class MetaEvalConfig(Section):
-    """Meta-test: few-shot fine-tuning on held-out episodes, reported with 95% confidence intervals."""
+    """Meta-test: few-shot adaptation on held-out episodes, reported with 95% confidence intervals."""
 
     ways: list[int] = Field(default_factory=lambda: [5], description="N (classes per episode) settings to test.")
     shots: list[int] = Field(default_factory=lambda: [1, 5], description="K (support examples per class) settings.")
     query: int = Field(5, ge=1, description="Query examples per class scored in each test episode.")
     episodes: int = Field(100, ge=1, description="Held-out episodes per (ways, shots) setting.")
-    steps: int | None = Field(None, ge=0, description="Fine-tuning steps per episode; default: meta.inner_steps.")
-    lr: float | None = Field(None, gt=0, description="Fine-tuning learning rate; default: meta.inner_lr.")
+    steps: int | None = Field(
+        None, ge=0, description="Adaptation steps per episode (either adaptation); default: meta.inner_steps."
+    )
+    lr: float | None = Field(
+        None, gt=0, description="Adaptation learning rate (meta.inner_optimizer); default: meta.inner_lr."
+    )
     batch_size: int | None = Field(None, ge=1, description="Support examples per step; default: the whole support set.")
     baselines: list[MetaBaseline] = Field(
         default_factory=_default_baselines,
-        description="Starts compared with the meta-learned one on the same episodes.",
+        description="Starts compared with the meta-learned one on the same episodes (and the same adaptation).",
     )
+    adaptation: Literal["finetune", "contrastive"] = Field(
+        "finetune",
+        description="How each start adapts to an episode's support set: finetune (cross-entropy through the "
+        "prototype-initialised cosine head) or contrastive (meta.eval.contrastive_loss on the support embeddings, "
+        "then meta.eval.head fitted on them).",
+    )
+    contrastive_loss: ContrastiveLoss = Field(
+        "supcon", description="adaptation=contrastive: supcon (supervised contrastive) or pairs (SetFit's pairs)."
+    )
+    temperature: float = Field(0.07, gt=0, description="contrastive_loss=supcon: temperature of the similarities.")
+    pairs_per_example: int = Field(
+        1, ge=1, description="contrastive_loss=pairs: positive + negative pairs drawn per support example per step."
+    )
+    head: HeadKind = Field(
+        "logistic",
+        description="adaptation=contrastive: classifier fitted on the adapted support embeddings: prototype "
+        "(nearest class mean) or logistic (logistic regression).",
+    )
+    logistic_c: float = Field(1.0, gt=0, description="head=logistic: inverse regularisation strength C.")
 
     @model_validator(mode="after")
     def _positive_settings(self) -> MetaEvalConfig:

@@ -9,6 +9,10 @@ the encoder's trainable parameters (all of them, the top layers, or an adapter).
 
 With ``learn=top_layers`` the frozen lower part of the encoder is run once per
 example and its hidden states are cached, so inner loops only pay for the top layers.
+
+The meta-test can adapt contrastively instead (:class:`ContrastiveAdaptation`): the encoder
+alone on a contrastive loss of the support set, then a head fitted on its embeddings
+(:mod:`tuneforge.contrastive`, shared with task ``fewshot_classification``).
 """
 
 from __future__ import annotations
@@ -18,15 +22,37 @@ import copy
 import json
 import random
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tuneforge.contrastive import LinearHead, contrastive_pairs, pair_loss, pool, supcon_loss
 from tuneforge.errors import ConfigError
+from tuneforge.meta.config import ContrastiveLoss, HeadKind, MetaEvalConfig
 
 Pairs = Sequence[tuple[int, int]]  # (example_id, class_index)
+
+
+@dataclass(frozen=True)
+class ContrastiveAdaptation:
+    """``meta.eval.adaptation: contrastive``: the loss the encoder adapts with on a support set
+    and the head fitted on its embeddings afterwards (the definitions of :mod:`tuneforge.contrastive`)."""
+
+    loss: ContrastiveLoss = "supcon"
+    temperature: float = 0.07
+    pairs_per_example: int = 1
+    head: HeadKind = "logistic"
+    logistic_c: float = 1.0
+
+    @classmethod
+    def from_config(cls, eval_config: MetaEvalConfig) -> ContrastiveAdaptation:
+        """The ``meta.eval`` keys of the same names (``contrastive_loss`` is ``loss``)."""
+        return cls(eval_config.contrastive_loss, eval_config.temperature, eval_config.pairs_per_example,
+                   eval_config.head, eval_config.logistic_c)
 
 
 class ExampleStore:
@@ -189,10 +215,7 @@ class EpisodeLearner:
                     self._cache[ex] = hidden[row, : int(mask[row].sum())].to(torch.bfloat16).cpu()
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return pool(hidden, mask, self.pooling)
 
     def _embed_batch(self, ids: Sequence[int]) -> torch.Tensor:
         input_ids, mask = self._pad(ids)
@@ -252,7 +275,23 @@ class EpisodeLearner:
         rng: random.Random | None = None,
     ) -> float:
         """Fine-tune the parameters and ``head`` in place on ``pairs``; returns the last loss."""
-        params = [*self.params, head]
+        return self._descend([*self.params, head], pairs, lambda batch: self.loss(batch, head), steps=steps, lr=lr,
+                             optimizer=optimizer, batch_size=batch_size, rng=rng)
+
+    def _descend(
+        self,
+        params: list[torch.Tensor],
+        pairs: Pairs,
+        loss_of: Callable[[list[tuple[int, int]]], torch.Tensor],
+        *,
+        steps: int,
+        lr: float,
+        optimizer: Literal["sgd", "adam"],
+        batch_size: int | None,
+        rng: random.Random | None,
+    ) -> float:
+        """``steps`` steps of a fresh optimizer on ``loss_of(batch)``, each batch ``batch_size``
+        examples of ``pairs`` drawn by ``rng`` (all of them by default); returns the last loss."""
         opt: torch.optim.Optimizer = (
             torch.optim.SGD(params, lr=lr) if optimizer == "sgd" else torch.optim.Adam(params, lr=lr)
         )
@@ -260,13 +299,60 @@ class EpisodeLearner:
         last = float("nan")
         for _ in range(steps):
             batch = list(pairs) if batch_size is None or batch_size >= len(pairs) else rng.sample(list(pairs), batch_size)
-            loss = self.loss(batch, head)
+            loss = loss_of(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             last = float(loss.detach())
         opt.zero_grad(set_to_none=True)
         return last
+
+    # -- contrastive adaptation (meta.eval.adaptation=contrastive) --------------------------
+
+    def contrastive_loss(self, pairs: Pairs, method: ContrastiveAdaptation, rng: random.Random | None = None) -> torch.Tensor:
+        """``method.loss`` over the embeddings of ``pairs``. SupCon sees the batch twice, as task
+        ``fewshot_classification`` does; dropout is off here, so the two views are equal and at
+        1-shot an example's only positive is its own copy (the loss then spreads the classes apart).
+        The ``pairs`` loss draws ``method.pairs_per_example`` rounds of pairs with ``rng``."""
+        embeddings = self.embed([ex for ex, _ in pairs])
+        labels = [c for _, c in pairs]
+        if method.loss == "supcon":
+            targets = torch.tensor(labels + labels, device=embeddings.device)
+            return supcon_loss(torch.cat([embeddings, embeddings]), targets, method.temperature)
+        drawn = contrastive_pairs(labels, method.pairs_per_example, (rng or random.Random(0)).randrange(2**31))
+        return pair_loss(embeddings[[i for i, _, _ in drawn]], embeddings[[j for _, j, _ in drawn]],
+                         torch.tensor([t for _, _, t in drawn], device=embeddings.device))
+
+    def adapt_contrastive(
+        self,
+        pairs: Pairs,
+        method: ContrastiveAdaptation,
+        *,
+        steps: int,
+        lr: float,
+        optimizer: Literal["sgd", "adam"] = "adam",
+        batch_size: int | None = None,
+        rng: random.Random | None = None,
+    ) -> float:
+        """Adapt the parameters in place on ``pairs`` with ``method``'s contrastive loss; returns the last loss."""
+        rng = rng or random.Random(0)
+        return self._descend(list(self.params), pairs, lambda batch: self.contrastive_loss(batch, method, rng),
+                             steps=steps, lr=lr, optimizer=optimizer, batch_size=batch_size, rng=rng)
+
+    def _normalised(self, pairs: Pairs) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            embeddings = F.normalize(self.embed([ex for ex, _ in pairs]), dim=-1)
+        return embeddings.cpu().numpy(), np.array([c for _, c in pairs])
+
+    def fit_head(self, pairs: Pairs, method: ContrastiveAdaptation) -> LinearHead:
+        """``method.head`` fitted on the normalised embeddings of ``pairs`` (task ``fewshot_classification``'s heads)."""
+        embeddings, labels = self._normalised(pairs)
+        return LinearHead.fit(method.head, embeddings, labels, method.logistic_c)
+
+    def head_accuracy(self, pairs: Pairs, head: LinearHead) -> float:
+        """Accuracy of a fitted head on ``pairs``."""
+        embeddings, labels = self._normalised(pairs)
+        return float((head.predict(embeddings)[0] == labels).mean())
 
     # -- export --------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -27,7 +27,7 @@ from tuneforge.config import MetaConfig
 from tuneforge.errors import TrainingError
 from tuneforge.meta.algorithm import MetaAlgorithm
 from tuneforge.meta.episodes import EpisodeSampler, LabelPool, mean_ci95
-from tuneforge.meta.learner import EpisodeLearner
+from tuneforge.meta.learner import ContrastiveAdaptation, EpisodeLearner
 
 log = logging.getLogger("tuneforge.meta")
 
@@ -217,23 +217,33 @@ def meta_test(
     *,
     steps: int,
     lr: float,
-    optimizer: str = "adam",
+    optimizer: Literal["sgd", "adam"] = "adam",
     batch_size: int | None = None,
     runtime: Any = SINGLE_PROCESS,
     seed: int = 0,
+    contrastive: ContrastiveAdaptation | None = None,
 ) -> EpisodeScores:
-    """Fine-tune from ``start`` on each episode's support set for ``steps`` steps and score
-    its query set. Episodes are dealt to ranks; the scores of all ranks are gathered."""
+    """Adapt from ``start`` to each episode's support set for ``steps`` steps and score its
+    query set: fine-tuning through the prototype-initialised cosine head, or with
+    ``contrastive`` its loss on the support embeddings and then its head fitted on them.
+    Episodes are dealt to ranks; the scores of all ranks are gathered."""
     started = time.perf_counter()
     mine: dict[int, float] = {}
     for index in range(runtime.process_index, episodes, runtime.num_processes):
         learner.load_flat(start)
         episode = sampler.episode(index)
-        head = learner.prototype_head(episode.support, episode.ways)
-        if steps:
-            learner.adapt(list(episode.support), head, steps=steps, lr=lr, optimizer=optimizer,  # type: ignore[arg-type]
-                          batch_size=batch_size, rng=random.Random(f"test:{seed}:{index}"))
-        mine[index] = learner.accuracy(episode.query, head)
+        rng = random.Random(f"test:{seed}:{index}")
+        if contrastive is None:
+            head = learner.prototype_head(episode.support, episode.ways)
+            if steps:
+                learner.adapt(list(episode.support), head, steps=steps, lr=lr, optimizer=optimizer,
+                              batch_size=batch_size, rng=rng)
+            mine[index] = learner.accuracy(episode.query, head)
+        else:
+            if steps:
+                learner.adapt_contrastive(list(episode.support), contrastive, steps=steps, lr=lr,
+                                          optimizer=optimizer, batch_size=batch_size, rng=rng)
+            mine[index] = learner.head_accuracy(episode.query, learner.fit_head(episode.support, contrastive))
     learner.load_flat(start)
     merged: dict[int, float] = {}
     for part in runtime.all_gather_object(mine):

@@ -21,7 +21,7 @@ from tuneforge import jsonio
 from tuneforge.config import RunConfig, dump_config
 from tuneforge.meta.checkpoints import MetaCheckpoints
 from tuneforge.meta.episodes import EpisodeSampler, mean_ci95
-from tuneforge.meta.learner import EpisodeLearner, ExampleStore
+from tuneforge.meta.learner import ContrastiveAdaptation, EpisodeLearner, ExampleStore
 from tuneforge.meta.loops import EpisodeScores, meta_test, meta_train, multitask_steps, multitask_train
 from tuneforge.meta.plan import MetaPlan, build_collection, preflight_meta
 from tuneforge.plugin_manager import PluginManager
@@ -268,6 +268,7 @@ class MetaRun:
             self._save("evaluate", 0, {}, starts, done)
         steps = meta.eval.steps if meta.eval.steps is not None else meta.inner_steps
         lr = meta.eval.lr or meta.inner_lr
+        contrastive = ContrastiveAdaptation.from_config(meta.eval) if meta.eval.adaptation == "contrastive" else None
         table: dict[str, Any] = done.setdefault("meta_test", {})
         for i, ((ways, shots), sampler) in enumerate(self.test_samplers.items(), start=1):
             setting = _setting(ways, shots)
@@ -278,7 +279,7 @@ class MetaRun:
             for name in names:
                 scores[name] = meta_test(self.learner, starts[name], sampler, meta.eval.episodes, steps=steps, lr=lr,
                                          optimizer=meta.inner_optimizer, batch_size=meta.eval.batch_size,
-                                         runtime=self.runtime, seed=self.seed)
+                                         runtime=self.runtime, seed=self.seed, contrastive=contrastive)
                 row[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in scores[name].summary().items()}
                 row[name]["seconds"] = round(scores[name].seconds, 2)
             for base in names[1:]:
@@ -307,7 +308,11 @@ class MetaRun:
         results["meta_test"] = {_setting(w, k): table[_setting(w, k)] for w, k in self.test_samplers}
         results["fine_tune"] = {"steps": meta.eval.steps if meta.eval.steps is not None else meta.inner_steps,
                                 "lr": meta.eval.lr or meta.inner_lr, "optimizer": meta.inner_optimizer,
-                                "episodes": meta.eval.episodes, "query_per_class": meta.eval.query}
+                                "episodes": meta.eval.episodes, "query_per_class": meta.eval.query,
+                                "adaptation": meta.eval.adaptation}
+        if meta.eval.adaptation == "contrastive":
+            results["fine_tune"].update({key: getattr(meta.eval, key) for key in (
+                "contrastive_loss", "temperature", "pairs_per_example", "head", "logistic_c")})
         if self.saved is not None:
             results["resumed_from"] = str(self.saved.path)
         results["wall_seconds"] = round(time.perf_counter() - self.started, 2)
