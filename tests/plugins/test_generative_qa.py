@@ -67,10 +67,10 @@ def test_records_answers_and_the_qa_task_article_split(tiny_llama, tmp_path):
 
 def test_bad_splits_and_unanswerable_questions_are_refused(tiny_llama, tmp_path):
     path = squad_file(tmp_path / "s.json", unanswerable=True)
-    with pytest.raises(ConfigError, match="data.test is the same file as data.train; set task.test_fraction"):
+    with pytest.raises(ConfigError, match=r"data\.test is the same file as data.train; set task.test_fraction"):
         make(GenerativeQATask, config(tiny_llama, path, {"name": "generative_qa", "dev_fraction": 0.2}))
     other = squad_file(tmp_path / "o.json")
-    with pytest.raises(ConfigError, match="task.test_fraction holds out articles of data.train"):
+    with pytest.raises(ConfigError, match=r"task\.test_fraction holds out articles of data.train"):
         make(GenerativeQATask, config(tiny_llama, path, {"name": "generative_qa", "test_fraction": 0.2},
                                       validation=other, test=other))
     task = make(GenerativeQATask, config(tiny_llama, path, {"name": "generative_qa"}, validation=other, test=other))
@@ -105,9 +105,9 @@ def test_truncate_field_cuts_the_passage_and_keeps_the_reply(tiny_llama, caplog)
 
     bad = make(CausalLMTask, validate({**cfg.model_dump(mode="json"), "task": {
         "name": "causal_lm", "prompt_format": "{question} {n}", "response_field": "answer", "truncate_field": "n"}}))
-    with pytest.raises(DataError, match="task.truncate_field 'n' must name a text field"):
+    with pytest.raises(DataError, match=r"task\.truncate_field 'n' must name a text field"):
         bad.encode([{"question": "q " * 50, "n": 3, "answer": "a"}], tokenizer, "train")
-    with pytest.raises(ConfigError, match="task.truncate_field cuts a field of prompt/response records"):
+    with pytest.raises(ConfigError, match=r"task\.truncate_field cuts a field of prompt/response records"):
         make(CausalLMTask, validate({**cfg.model_dump(mode="json"), "task": {
             "name": "causal_lm", "input_format": "chat", "truncate_field": "context"}}))
 
