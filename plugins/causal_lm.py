@@ -131,7 +131,6 @@ class CausalLMTask(Task):
         #: Generate on every validation/test record: scorers or registered metrics need replies.
         self.scoring = bool(options.generation.scorers or config.evaluation.extra_metrics)
         self._validation: tuple[dict[str, np.ndarray], list[dict[str, Any]]] | None = None  # last scored
-        self._shortened = 0  # examples of the last encode() whose task.truncate_field was cut
         if options.truncate_field is not None and options.input_format == "chat":
             raise ConfigError("task.truncate_field cuts a field of prompt/response records; chat records "
                               "(input_format: chat) are cut from their end")
@@ -348,15 +347,15 @@ class CausalLMTask(Task):
         return ids, labels, prompt_length
 
     def _fitted(self, record: dict[str, Any], tokenizer: Any, where: str, encode: Any,
-                max_length: int) -> tuple[dict[str, Any], list[int], list[int], int]:
-        """``(formatted record, input_ids, labels, prompt_length)`` of ``record`` encoded by
-        ``encode``; with ``task.truncate_field``, an example longer than ``max_length`` is
+                max_length: int) -> tuple[dict[str, Any], list[int], list[int], int, bool]:
+        """``(formatted record, input_ids, labels, prompt_length, shortened)`` of ``record`` encoded
+        by ``encode``; with ``task.truncate_field``, an example longer than ``max_length`` is
         encoded again with that field's text cut by the overflow (in tokens, from its end)."""
         rec = self.formatted(record, where)
         ids, labels, prompt_length = encode(rec, tokenizer, where)
         field = self.options.truncate_field
         if field is None or len(ids) <= max_length or self._uses_chat(record):
-            return rec, ids, labels, prompt_length
+            return rec, ids, labels, prompt_length, False
         value = record.get(field)
         if isinstance(value, list):
             value = " ".join(map(str, value))
@@ -373,19 +372,19 @@ class CausalLMTask(Task):
             cut[field] = tokenizer.decode(pieces)
             rec = self.formatted(cut, where)
             ids, labels, prompt_length = encode(rec, tokenizer, where)
-        self._shortened += 1
-        return rec, ids, labels, prompt_length
+        return rec, ids, labels, prompt_length, True
 
     def encode(self, records: list[dict[str, Any]], tokenizer: Any, split: str) -> list[dict[str, Any]]:
         self.tokenizer = tokenizer
         source = getattr(self.config.data, split, None) or f"{split} split"
         max_length = self.config.data.max_length
         features, truncated, empty, cut_prompts = [], 0, 0, 0
-        self._shortened = 0
+        shortened = 0
         if split == "predict":  # generate a reply for every record (and score a given one)
             for i, rec in enumerate(records):
                 where = record_origin(rec, source, i)
-                ids, labels, prompt_length = self._fitted(rec, tokenizer, where, self.encode_prompt, max_length)[1:]
+                _, ids, labels, prompt_length, cut = self._fitted(rec, tokenizer, where, self.encode_prompt, max_length)
+                shortened += cut
                 if prompt_length > max_length:  # keep the end of the prompt: that is what is continued
                     truncated += 1
                     ids = ids[prompt_length - max_length : prompt_length]
@@ -398,7 +397,8 @@ class CausalLMTask(Task):
             return features
         for i, original in enumerate(records):
             where = record_origin(original, source, i)
-            rec, ids, labels, prompt_length = self._fitted(original, tokenizer, where, self.encode_record, max_length)
+            rec, ids, labels, prompt_length, cut = self._fitted(original, tokenizer, where, self.encode_record, max_length)
+            shortened += cut
             if len(ids) > max_length:
                 truncated += 1
                 ids, labels = ids[:max_length], labels[:max_length]
@@ -414,8 +414,8 @@ class CausalLMTask(Task):
                 feat["prompt_length"] = min(prompt_length, len(ids))
                 feat["sample"] = int(self.scoring or i < self.options.generation_samples)
             features.append(feat)
-        if self._shortened:
-            log.info("%s: %d of %d examples had their '%s' cut to fit data.max_length=%d", split, self._shortened,
+        if shortened:
+            log.info("%s: %d of %d examples had their '%s' cut to fit data.max_length=%d", split, shortened,
                      len(records), self.options.truncate_field, max_length)
         if truncated:
             log.info("%s: %d of %d examples truncated to %d tokens", split, truncated, len(records), max_length)
