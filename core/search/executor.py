@@ -54,15 +54,17 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{trial_id}")
 
     def _beat(self) -> None:
-        while True:
+        while not self._stop.wait(self.interval):
             try:
                 self.storage.record_heartbeat(self.trial_id)
             except Exception as exc:  # a storage hiccup must not kill the trial
                 log.warning("heartbeat of trial %s failed: %s", self.trial_id, exc)
-            if self._stop.wait(self.interval):
-                return
 
     def __enter__(self) -> Heartbeat:
+        try:  # beaten before the trial process starts
+            self.storage.record_heartbeat(self.trial_id)
+        except Exception as exc:
+            log.warning("heartbeat of trial %s failed: %s", self.trial_id, exc)
         self._thread.start()
         return self
 
@@ -244,6 +246,9 @@ class WorkerPool:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 trial = r.study.ask()
+                # beat at once: a trial is never RUNNING without a heartbeat for long (a controller
+                # killed now leaves a trial the next one can see is stale)
+                r.study._storage.record_heartbeat(trial._trial_id)
                 try:
                     return trial, r.space.sample(trial, r.base_raw)
                 except Exception as exc:  # a sampler failing must not leave the trial RUNNING

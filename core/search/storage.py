@@ -72,6 +72,44 @@ def fail_stale_trials(study: Any) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
+def fail_unbeaten_trials(study: Any, trial_ids: set[int]) -> list[int]:
+    """Fail (and re-queue, as a stale trial is) those of ``trial_ids`` that are still RUNNING
+    and have no heartbeat at all: their controller died between creating the trial and its
+    first beat, so Optuna's stale check, which only looks at recorded heartbeats, never ends
+    them. Returns the numbers failed. Only call this once every live controller has had time
+    to beat (a grace period after a resume started)."""
+    import copy
+
+    import optuna
+    from optuna.storages._rdb import models  # the heartbeat table has no public reader
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)  # a study wraps its RDB storage in a cache
+    if not hasattr(backend, "scoped_session"):
+        return []
+    with _create_scoped_session(backend.scoped_session) as session:
+        rows = (session.query(models.TrialModel)
+                .filter(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
+                .filter(models.TrialModel.study_id == study._study_id).all())
+        unbeaten = [row.trial_id for row in rows if row.trial_id in trial_ids and not row.heartbeats]
+    failed = []
+    for trial_id in unbeaten:
+        try:
+            if storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
+                failed.append(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another controller got there first
+            pass
+    callback = storage.get_heartbeat_stale_trial_callback()
+    numbers = []
+    for trial_id in failed:
+        trial = copy.deepcopy(storage.get_trial(trial_id))
+        numbers.append(trial.number)
+        if callback is not None:
+            callback(study, trial)
+    return numbers
+
+
 def retried_numbers(trials: list[Any]) -> set[int]:
     """Numbers of failed trials that were re-queued (they do not count against the budget)."""
     return {int(t.system_attrs["failed_trial"]) for t in trials if "failed_trial" in t.system_attrs}

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from tuneforge.errors import ConfigError
-from tuneforge.search.storage import fail_stale_trials, open_storage, retried_numbers
+from tuneforge.search.storage import fail_stale_trials, fail_unbeaten_trials, open_storage, retried_numbers
 
 
 def create_study(
@@ -70,9 +70,15 @@ def settle_stale(study: Any, heartbeat_seconds: int, echo: Callable[[str], None]
     """On resume: wait (at most a grace period) for trials left RUNNING by a dead controller
     to go stale, so they are failed and re-queued before new trials start."""
     deadline = time.time() + 2 * heartbeat_seconds + 2
+    left = {t._trial_id for t in study.get_trials(deepcopy=False, states=(trial_state("RUNNING"),))}
     while True:
         fail_stale_trials(study)
         running = study.get_trials(deepcopy=False, states=(trial_state("RUNNING"),))
+        if running and time.time() > deadline:
+            # RUNNING since before the resume and never beaten: a controller died right after asking
+            for number in fail_unbeaten_trials(study, left):
+                echo(f"trial {number} was left RUNNING without a heartbeat by a dead controller; failed it")
+            running = study.get_trials(deepcopy=False, states=(trial_state("RUNNING"),))
         if not running or time.time() > deadline:
             for t in running:
                 echo(f"trial {t.number} is still RUNNING with a live heartbeat (another worker?); leaving it alone")

@@ -82,6 +82,30 @@ def test_stale_running_trial_is_failed_and_requeued_once(tmp_path):
     assert retry.number == 1 and retry.suggest_float("training.lr", 1e-5, 1e-2, log=True) == trials[0].params["training.lr"]
 
 
+def test_resume_fails_a_trial_left_running_without_any_heartbeat(tmp_path):
+    # a controller killed between asking a trial and its first beat: Optuna's stale check skips
+    # a trial with no heartbeat row, so settle_stale must end it (the CI flake of stop 22)
+    from tuneforge.search.study import settle_stale
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = open_storage(url, heartbeat_seconds=1, max_retries=1)
+    study = optuna.create_study(storage=storage, study_name="s")
+    dist = {"training.lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)}
+    unbeaten = study.ask(dist)
+    beaten = study.ask(dist)
+    storage.record_heartbeat(beaten._trial_id)
+    fail_stale_trials(study)
+    assert [t.state.name for t in study.get_trials()] == ["RUNNING", "RUNNING"]  # what Optuna alone does
+    said: list[str] = []
+    settle_stale(study, 1, said.append)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials[:2]] == ["FAIL", "FAIL"]
+    retries = {t.system_attrs["failed_trial"]: t for t in trials[2:]}
+    assert sorted(retries) == [0, 1] and all(t.state.name == "WAITING" for t in retries.values())
+    assert retries[unbeaten.number].params == trials[0].params
+    assert said == ["trial 0 was left RUNNING without a heartbeat by a dead controller; failed it"]
+
+
 def test_warm_start_takes_the_best_trials_of_an_earlier_study(tmp_path):
     from tuneforge.errors import ConfigError
     from tuneforge.search.warmstart import best_params_of
