@@ -25,6 +25,8 @@ and score it against the chosen reply, so a run can select on ROUGE or exact mat
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -75,6 +77,35 @@ class PreferenceOptions(CausalLMOptions):
     )
     chosen_field: str = Field("chosen", description="Field of the preferred reply (string or message list).")
     rejected_field: str = Field("rejected", description="Field of the dispreferred reply (string or message list).")
+
+
+def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the Hugging Face model inside ``model`` (DDP/DeepSpeed/PEFT wrappers removed)
+    can compute logits for the last positions only (``forward(logits_to_keep=N)``)."""
+    bare = unwrap_model(model)
+    base = bare.get_base_model() if hasattr(bare, "get_base_model") else bare
+    return _forward_takes(type(base), "logits_to_keep")
+
+
+@functools.cache
+def _forward_takes(cls: type, name: str) -> bool:
+    try:
+        return name in inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def reply_logits_window(model: torch.nn.Module, labels: torch.Tensor) -> int | None:
+    """``logits_to_keep`` for a batch: the positions from the one before the earliest reply token
+    to the end (``None``: all, when the model cannot keep fewer or nothing is saved)."""
+    if not _takes_logits_to_keep(model):
+        return None
+    replied = labels != IGNORE_INDEX
+    rows = replied.any(1)
+    if not bool(rows.any()):
+        return None
+    first = int(replied.int().argmax(1)[rows].min())
+    return labels.shape[1] - first + 1 if first > 1 else None
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -366,11 +397,19 @@ class PreferenceTask(CausalLMTask):
 
     @staticmethod
     def sequence_logps(
-        model: torch.nn.Module, batch: dict[str, torch.Tensor]
+        model: torch.nn.Module, batch: dict[str, torch.Tensor], reply_only: bool = True
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """``((chosen, rejected) summed reply log-probs, (chosen, rejected) reply lengths, logits)``."""
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        labels = batch["labels"][:, 1:]
+        """``((chosen, rejected) summed reply log-probs, (chosen, rejected) reply lengths, logits)``.
+
+        With ``reply_only`` (and a model whose forward takes ``logits_to_keep``) the logits are
+        computed from the first position that predicts a reply token on: the vocabulary-sized
+        logits of the prompt, which no loss reads, are never built. ``logits`` then covers the
+        last ``logits.shape[1]`` positions."""
+        keep = reply_logits_window(model, batch["labels"]) if reply_only else None
+        extra = {"logits_to_keep": keep} if keep else {}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                       **extra).logits
+        labels = batch["labels"][:, batch["labels"].shape[1] - logits.shape[1] + 1:]
         nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
                               reduction="none")
         logps, tokens = -nll.sum(1), (labels != IGNORE_INDEX).sum(1)
@@ -380,13 +419,14 @@ class PreferenceTask(CausalLMTask):
 
     def chosen_nll(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """ORPO's NLL term: ``(token mean over the batch, per-pair token mean)`` of the chosen
-        sequences, over the reply or (``orpo_nll_on_prompt``) every non-padding token."""
+        sequences, over the reply or (``orpo_nll_on_prompt``) every non-padding token; ``logits``
+        cover the last ``logits.shape[1]`` positions (all of them with ``orpo_nll_on_prompt``)."""
         half = logits.shape[0] // 2
         if self.options.orpo_nll_on_prompt:
             labels = batch["input_ids"][:half].masked_fill(batch["attention_mask"][:half] == 0, IGNORE_INDEX)
         else:
             labels = batch["labels"][:half]
-        labels = labels[:, 1:]
+        labels = labels[:, labels.shape[1] - logits.shape[1] + 1:]
         nll = F.cross_entropy(logits[:half, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
                               reduction="none")
         mask = labels != IGNORE_INDEX
@@ -395,7 +435,8 @@ class PreferenceTask(CausalLMTask):
     def pair_outputs(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Everything about one batch of pairs: the batch ``loss`` (what is trained), per-pair
         ``losses``, rewards, log-probs and reply lengths."""
-        logps, tokens, logits = self.sequence_logps(model, batch)
+        on_prompt = self.options.loss == "orpo" and self.options.orpo_nll_on_prompt
+        logps, tokens, logits = self.sequence_logps(model, batch, reply_only=not on_prompt)
         ref = self.reference_logps(model, batch) if self.reference_mode != "none" else None
         losses, chosen_reward, rejected_reward = pair_losses(self.options, logps, tokens, ref)
         loss = losses.mean()
