@@ -40,3 +40,20 @@ def test_evaluate_config_scores_the_base_model(tiny_causal_lm_config: dict[str, 
 def test_evaluate_config_needs_a_valid_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_evaluate_config_scores_the_capped_test_split_a_run_is_tested_on(
+        tiny_causal_lm_config: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # zero-shot and trained rows of a table must score the same records: data.max_test_samples caps
+    # the config's test split, as in training; an explicit --data file is scored whole
+    cfg = {**tiny_causal_lm_config, "data": {**tiny_causal_lm_config["data"], "max_test_samples": 3}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    assert main(["evaluate", "--config", str(path)]) == 0
+    capped = json.loads(capsys.readouterr().out)
+    assert capped["examples"] == 3
+    whole = len(Path(cfg["data"]["test"]).read_text(encoding="utf-8").splitlines())
+    assert whole > 3
+    assert main(["evaluate", "--config", str(path), "--data", cfg["data"]["test"],
+                 "--output", str(tmp_path / "whole")]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] == whole

@@ -1,6 +1,7 @@
 """``tuneforge evaluate --run DIR | --model PATH --task NAME [--data FILE]``: metrics of a trained model.
 
-Writes ``metrics.json``, ``predictions.jsonl`` (when the task makes predictions) and the
+Without ``--data`` it scores the config's test split as a run is tested: ``data.test`` (else
+``data.validation``) capped at ``data.max_test_samples``. Writes ``metrics.json``, ``predictions.jsonl`` (when the task makes predictions) and the
 task's reports (``reports/``) to ``--output`` (default ``RUN/eval/<data file stem>``).
 """
 
@@ -61,6 +62,12 @@ def _evaluate(args: argparse.Namespace) -> tuple[dict[str, float], int, Path]:
     assert data is not None
     started = time.perf_counter()
     records = trained.task.read(data, "test")
+    cap = trained.config.data.max_test_samples
+    if args.data is None and cap is not None and len(records) > cap:
+        # the config's own test split: the very records its run is (or was) tested on
+        logging.getLogger("tuneforge").warning("data.max_test_samples=%d: evaluating the first %d of %d test "
+                                               "records of %s", cap, cap, len(records), data)
+        records = records[:cap]
     features, outputs = inference.infer(trained, records, "test", args.batch_size)
     if not features:
         raise ConfigError(f"'{data}' holds no examples to evaluate")
