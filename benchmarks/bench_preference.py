@@ -3,8 +3,10 @@ tuneforge's DPO step vs TRL's ``DPOTrainer`` on the same batch; prints ONE JSON 
 
 * peak process RSS and median step time of LoRA DPO (policy forward + reference forward +
   backward + AdamW step) with the reference as the policy's disabled adapter vs as a frozen copy
-  of the model, each in its own subprocess so its peak is its own (goal: adapter <= 0.6x copy);
-  also the peak above the RSS after imports (the fixed cost of Python + torch removed)
+  of the model, each in its own subprocess so its peak (``VmHWM``) is its own (goal: adapter <=
+  0.6x copy); also, above the RSS after imports (the fixed cost of Python + torch removed): the
+  peak, the memory the models hold once loaded and paged in (``models``), and the peak of the
+  training steps alone (``training_peak``, ``VmHWM`` restarted after loading)
 * median step time of ``PreferenceTask.training_loss`` + backward + step vs TRL 1.16's
   ``DPOTrainer.compute_loss`` + backward + step on the same batch and LoRA model (goal <= 1.0x)
 
@@ -19,6 +21,7 @@ instead and fewer steps (about a minute).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -38,8 +41,41 @@ SMOLLM2_SHAPE = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_laye
                  "max_position_embeddings": 2048}
 
 
-def rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """A ``/proc/self/status`` memory field in MiB (``VmHWM``: this process's peak RSS since exec;
+    ``ru_maxrss`` would keep the peak of the image before exec, the driver's, which may have held
+    the model while converting it)."""
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mb() -> float:
+    """Peak RSS of this process so far (MiB)."""
+    return _status_mb("VmHWM")
+
+
+def current_rss_mb() -> float:
+    """RSS of this process now (MiB)."""
+    return _status_mb("VmRSS")
+
+
+def settled_rss_mb() -> float:
+    """RSS once freed memory is handed back (``gc``, then glibc's ``malloc_trim``): what is held."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return current_rss_mb()
+
+
+def reset_peak_rss() -> None:
+    """Restart ``VmHWM`` from the current RSS (Linux: writing 5 to ``/proc/self/clear_refs``)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5", encoding="utf-8")
 
 
 def real_model(cache: Path) -> Path | None:
@@ -88,11 +124,13 @@ def make_batch(vocab: int, pairs: int, prompt: int, reply: int) -> dict[str, tor
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
-def lora_policy(model_dir: str) -> Any:
+def lora_policy(model_dir: str, checkpointing: bool = False) -> Any:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
+    if checkpointing:  # as tuneforge's distributed.gradient_checkpointing does, before the adapter
+        model.gradient_checkpointing_enable()
     return get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"))
 
 
@@ -120,18 +158,27 @@ def timed_steps(step: Any, optimizer: torch.optim.Optimizer, n: int) -> list[flo
     return times[1:] if len(times) > 2 else times  # the first step pays one-time allocation
 
 
-def child_reference(model_dir: str, variant: str, steps: int, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+def child_reference(model_dir: str, variant: str, steps: int, batch: dict[str, torch.Tensor],
+                    checkpointing: bool = False) -> dict[str, Any]:
     """One reference variant: peak RSS and step time of LoRA DPO."""
     from transformers import AutoModelForCausalLM
 
-    baseline = rss_mb()
+    baseline = current_rss_mb()
     task = preference_task(model_dir, adapter=variant == "adapter")
-    policy = lora_policy(model_dir)
+    policy = lora_policy(model_dir, checkpointing).train()  # from_pretrained gives eval mode: no checkpointing
     if variant == "copy":
         task.reference_model = AutoModelForCausalLM.from_pretrained(model_dir).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-4)
+    with torch.no_grad():  # page every weight in (safetensors are mapped lazily), then drop the activations
+        policy(input_ids=batch["input_ids"][:1, :8])
+        if task.reference_model is not None:
+            task.reference_model(input_ids=batch["input_ids"][:1, :8])
+    models = settled_rss_mb()
+    load_peak = rss_mb()
+    reset_peak_rss()
     times = timed_steps(lambda: task.training_loss(policy, batch), optimizer, steps)
-    return {"peak_rss_mb": round(rss_mb(), 1), "baseline_rss_mb": round(baseline, 1),
+    return {"peak_rss_mb": round(max(load_peak, rss_mb()), 1), "baseline_rss_mb": round(baseline, 1),
+            "models_rss_mb": round(models, 1), "training_peak_rss_mb": round(rss_mb(), 1),
             "step_s": round(statistics.median(times), 4)}
 
 
@@ -184,6 +231,7 @@ def main() -> None:
     p.add_argument("--reply-tokens", type=int, default=16)
     p.add_argument("--child", choices=("adapter", "copy", "trl"), help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     steps = a.steps or (4 if a.quick else 8)
     if a.child:
@@ -192,7 +240,8 @@ def main() -> None:
 
         vocab = AutoConfig.from_pretrained(a.model).vocab_size
         batch = make_batch(vocab, a.pairs, a.prompt_tokens, a.reply_tokens)
-        result = child_trl(a.model, steps, batch) if a.child == "trl" else child_reference(a.model, a.child, steps, batch)
+        result = child_trl(a.model, steps, batch) if a.child == "trl" else child_reference(a.model, a.child, steps, batch,
+                                                                                        a.checkpointing)
         print(json.dumps(result))
         return
     started = time.perf_counter()
@@ -203,15 +252,28 @@ def main() -> None:
         model, name = random_model(a.cache / "smollm2-shape-6-layers", 6), "random SmolLM2 shape, 6 layers"
     shape = ["--model", str(model), "--steps", str(steps), "--pairs", str(a.pairs),
              "--prompt-tokens", str(a.prompt_tokens), "--reply-tokens", str(a.reply_tokens)]
-    adapter, copy_ref = run_child("--child", "adapter", *shape), run_child("--child", "copy", *shape)
+    above = lambda r, key="peak_rss_mb": r[key] - r["baseline_rss_mb"]  # noqa: E731
+
+    def compare(*extra: str) -> dict[str, Any]:
+        adapter, copy_ref = run_child("--child", "adapter", *shape, *extra), run_child("--child", "copy", *shape, *extra)
+        return {
+            "lora_reference": adapter, "copy_reference": copy_ref,
+            "rss_ratio_lora_vs_copy": round(adapter["peak_rss_mb"] / copy_ref["peak_rss_mb"], 3),
+            "rss_above_imports_ratio": round(above(adapter) / max(above(copy_ref), 1e-9), 3),
+            "models_rss_above_imports_ratio": round(above(adapter, "models_rss_mb")
+                                                    / max(above(copy_ref, "models_rss_mb"), 1e-9), 3),
+            "training_peak_above_imports_ratio": round(above(adapter, "training_peak_rss_mb")
+                                                       / max(above(copy_ref, "training_peak_rss_mb"), 1e-9), 3),
+            "step_ratio_lora_vs_copy": round(adapter["step_s"] / copy_ref["step_s"], 3),
+        }
+
+    plain = compare()
+    checkpointed = compare("--checkpointing")
     trl = run_child("--child", "trl", *shape)
-    above = lambda r: r["peak_rss_mb"] - r["baseline_rss_mb"]  # noqa: E731
     print(json.dumps({
         "bench": "preference", "model": name, "steps": steps, "pairs": a.pairs,
-        "seq_tokens": a.prompt_tokens + a.reply_tokens,
-        "lora_reference": adapter, "copy_reference": copy_ref,
-        "rss_ratio_lora_vs_copy": round(adapter["peak_rss_mb"] / copy_ref["peak_rss_mb"], 3),
-        "rss_above_imports_ratio": round(above(adapter) / max(above(copy_ref), 1e-9), 3),
+        "seq_tokens": a.prompt_tokens + a.reply_tokens, **plain,
+        "gradient_checkpointing": checkpointed,
         "goal_rss_ratio": 0.6,
         **trl, "step_ratio_tuneforge_vs_trl": round(trl["tuneforge_step_s"] / trl["trl_step_s"], 3),
         "goal_step_ratio": 1.0, "wall_s": round(time.perf_counter() - started, 1),
