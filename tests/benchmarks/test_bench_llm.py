@@ -15,7 +15,8 @@ SECTIONS = {
     "lora_vs_plain": {"cpu_median_step_s", "wall_median_step_s", "tuneforge_vs_plain_cpu", "tuneforge_vs_plain_wall",
                       "max_loss_diff", "peak_rss_mib", "trainable"},
     "packing_vs_padding": {"real_tokens_per_wall_s", "real_tokens_per_cpu_s", "pad_fraction",
-                           "packed_vs_padded_wall", "packed_vs_padded_cpu"},
+                           "packed_vs_padded_wall", "packed_vs_padded_cpu", "packed_vs_padded_to_max_cpu",
+                           "packed_vs_padded_to_max_wall", "max_length"},
     "lora_vs_full": {"wall_median_step_s", "step_time_ratio_wall", "peak_rss_mib", "rss_ratio", "trainable"},
     "grad_ckpt": {"wall_median_step_s", "step_time_ratio_wall", "peak_rss_mib", "rss_ratio", "max_loss_diff_vs_off"},
     "generation": {"batched", "single", "batched_vs_single", "scores", "eval_batch_size"},
@@ -41,3 +42,6 @@ def test_tiny_run_prints_one_json_line() -> None:
     assert result["grad_ckpt"]["max_loss_diff_vs_off"] <= 1e-5
     assert result["lora_vs_full"]["trainable"]["lora"] < result["lora_vs_full"]["trainable"]["full"]
     assert result["generation"]["batched"]["new_tokens"] > 0
+    pad = result["packing_vs_padding"]["pad_fraction"]
+    assert set(pad) == {"padded", "padded_to_max", "packed"}
+    assert pad["packed"] <= pad["padded"] <= pad["padded_to_max"], pad  # tiny: examples may fill max_length
