@@ -18,6 +18,10 @@ and to the nearest-centroid baseline and the published anchors. Methods (docs/fe
 
     python benchmarks/bench_fewshot.py --quick            # 1 seed, K=5, 500 test queries
     python benchmarks/bench_fewshot.py [--seeds 0 1 2 3 4] [--shots 5 10] [--methods centroid setfit ...]
+
+Each finished (method, K, seed) leaves ``<output>/<method>-k<K>-s<seed>/bench_result.json``; a later
+invocation with the same ``--output`` (and test set, and meta start) reuses it, so an interrupted
+benchmark continues where it stopped, and parts run apart add up to the whole table.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import random
 import sys
 import time
@@ -95,9 +100,13 @@ def run_setfit(data: Path, test: Path, shots: int, seed: int, model: str) -> flo
 
 
 def meta_start(args: argparse.Namespace, out: Path) -> str:
-    """A meta-learned start: --meta-start, or `tuneforge meta` on SNIPS (never BANKING77) run once."""
+    """A meta-learned start: --meta-start, or `tuneforge meta` on SNIPS (never BANKING77) run once
+    (an earlier invocation's finished one in ``out`` is reused)."""
     if args.meta_start:
         return str(args.meta_start)
+    done = out / "meta-snips" / "meta_start"
+    if (done / "config.json").is_file() and (out / "meta-snips" / "results.json").is_file():
+        return str(done)
     from tuneforge.config import load_config
     from tuneforge.meta.run import run_meta
 
@@ -158,7 +167,16 @@ def main() -> int:
         for method in args.methods:
             per_seed, walls = {}, []
             for seed in args.seeds:
-                raw = base_config(args.data, test, out / f"{method}-k{shots}-s{seed}", shots, seed)
+                run_dir = out / f"{method}-k{shots}-s{seed}"
+                kept = run_dir / "bench_result.json"
+                if kept.is_file():  # finished by an earlier (interrupted or partial) invocation
+                    done = json.loads(kept.read_text(encoding="utf-8"))
+                    if done.get("test_queries") == n_test and (method != "meta_contrastive"
+                                                               or done.get("meta_start") == start):
+                        per_seed[seed] = done["accuracy"]
+                        walls.append(done["wall_seconds"])
+                        continue
+                raw = base_config(args.data, test, run_dir, shots, seed)
                 started = time.perf_counter()
                 if method == "setfit":
                     acc = run_setfit(args.data, test, shots, seed, model)
@@ -173,6 +191,10 @@ def main() -> int:
                     acc = run_tuneforge(raw, [f"model.name_or_path={start}"] if method == "meta_contrastive" else [])
                 per_seed[seed] = 100 * acc
                 walls.append(round(time.perf_counter() - started, 1))
+                run_dir.mkdir(parents=True, exist_ok=True)
+                kept.write_text(json.dumps({"accuracy": per_seed[seed], "wall_seconds": walls[-1], "test_queries": n_test,
+                                            "meta_start": start if method == "meta_contrastive" else None,
+                                            "load_avg_1m": os.getloadavg()[0]}), encoding="utf-8")
             scores[(method, shots)] = per_seed
             values = list(per_seed.values())
             print(json.dumps({"benchmark": "fewshot", "method": method, "shots": shots, "seeds": args.seeds,
