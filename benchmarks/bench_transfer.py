@@ -24,6 +24,9 @@ Space, shared by all: learning rate (log), warmup ratio, weight decay, batch siz
 
     python benchmarks/bench_transfer.py --quick           # 2 tasks, 1 seed, tiny budgets
     nice -n 5 python benchmarks/bench_transfer.py [--tasks sst2,snips,...] [--seeds 3] [--trials 10]
+
+With ``--work DIR`` of an interrupted run, every study continues from its storage (a finished one
+runs nothing more), so the benchmark resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -158,9 +161,11 @@ def write_study(work: Path, raw: dict[str, Any], tag: str, strategy: str, n_tria
 
 
 def run_study(path: Path) -> list[dict[str, Any]]:
+    """Run (or, when its study directory already holds a study, continue) the study of ``path``."""
     from tuneforge.search.runner import StudyRunner
 
-    runner = StudyRunner(path, echo=lambda m: print(m, file=sys.stderr, flush=True))
+    resume = (path.parent / path.stem / "study.db").is_file()  # write_study: dir = WORK/<tag>, config WORK/<tag>.yaml
+    runner = StudyRunner(path, resume=resume, echo=lambda m: print(m, file=sys.stderr, flush=True))
     study = runner.run()
     out = []
     for t in sorted(study.trials, key=lambda t: t.number):

@@ -18,6 +18,7 @@ the other direction than the study asking, is skipped with a warning naming it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -102,6 +103,14 @@ def _series(version: str) -> tuple[str, ...]:
     return tuple(version.split(".")[:2])
 
 
+def _source_of(text: str) -> Any:
+    """The ``source`` of an entry's JSON text (``None`` when it cannot be read)."""
+    try:
+        return json.loads(text).get("source")
+    except (ValueError, AttributeError):
+        return None
+
+
 def new_id(name: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")[:60] or "entry"
     return f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -113,7 +122,17 @@ class Library:
     location: str
 
     def add(self, entry: LibraryEntry) -> str:
-        """Store ``entry`` (atomically); returns its id."""
+        """Store ``entry`` (atomically); returns its id. An earlier entry of the same source (a
+        study resumed that finishes again, a run retrained into its directory, a study added
+        twice) is removed once the new one is stored, so every source counts once: its latest."""
+        self._store(entry)
+        for name, text, _ in list(self.raw()):
+            if name != entry.id and text is not None and _source_of(text) == entry.source:
+                with contextlib.suppress(ConfigError):  # another writer removed it first
+                    self.remove(name)
+        return entry.id
+
+    def _store(self, entry: LibraryEntry) -> None:
         raise NotImplementedError
 
     def remove(self, entry_id: str) -> None:
@@ -175,7 +194,7 @@ class DirectoryLibrary(Library):
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"library '{path}' is a file; give a directory or a database URL (sqlite:///lib.db)")
 
-    def add(self, entry: LibraryEntry) -> str:
+    def _store(self, entry: LibraryEntry) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         target = self.path / f"{entry.id}.json"
         tmp = self.path / f".{entry.id}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
@@ -184,7 +203,6 @@ class DirectoryLibrary(Library):
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-        return entry.id
 
     def remove(self, entry_id: str) -> None:
         path = self.path / f"{entry_id}.json"
@@ -224,10 +242,9 @@ class DatabaseLibrary(Library):
             # another process created it between the check and the CREATE: use theirs
             self.table.metadata.create_all(self.engine, checkfirst=True)
 
-    def add(self, entry: LibraryEntry) -> str:
+    def _store(self, entry: LibraryEntry) -> None:
         with self.engine.begin() as conn:
             conn.execute(self.table.insert().values(id=entry.id, created=entry.created, body=entry.to_json()))
-        return entry.id
 
     def remove(self, entry_id: str) -> None:
         with self.engine.begin() as conn:

@@ -120,6 +120,22 @@ def test_bad_entries_are_skipped_with_a_warning_naming_them(tmp_path):
     assert len(lib.entries(warn=warnings.append)) == 2
 
 
+@pytest.mark.parametrize("kind", ["dir", "sqlite"])
+def test_an_entry_replaces_the_earlier_one_of_its_source(kind, tmp_path):
+    # a study resumed that finishes again (or added twice) is one task in the library, not two:
+    # a second copy would count its task twice in the portfolio's coverage
+    lib = open_library(tmp_path / "lib" if kind == "dir" else f"sqlite:///{tmp_path / 'lib.db'}")
+    first, other = make_entry("sst2"), make_entry("snips")
+    lib.add(first)
+    lib.add(other)
+    again = make_entry("sst2", trials=[{"number": 0, "state": "COMPLETE", "params": {"training.lr": 3e-4},
+                                        "value": 0.9, "curve": []}])
+    assert again.source == first.source and again.id != first.id
+    lib.add(again)
+    assert sorted(e.id for e in lib.entries()) == sorted([again.id, other.id])
+    assert lib.get(again.id).best == {"params": {"training.lr": 3e-4}, "value": 0.9}
+
+
 WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
