@@ -301,7 +301,8 @@ def main() -> None:
         runs: dict[str, list[list[dict[str, Any]]]] = {"tpe": [], "random": [], "portfolio": []}
         for seed in range(args.seeds):
             lib = work / "libs-for" / f"{task}-seed{seed}"
-            lib.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(lib, ignore_errors=True)  # a resumed run: the other tasks' current entries only
+            lib.mkdir(parents=True)
             for other in others:
                 for f in (work / "libs" / other).glob("*.json"):
                     shutil.copy(f, lib / f.name)
