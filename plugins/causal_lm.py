@@ -36,6 +36,7 @@ from tuneforge import hookimpl
 from tuneforge.config import Section
 from tuneforge.data import record_origin, require_fields
 from tuneforge.errors import ConfigError, DataError
+from tuneforge.lm import mean_token_nll, next_token_logits, token_nll
 from tuneforge.plugins.generation_scorers import (
     LOWER_IS_BETTER,
     SCORERS,
@@ -435,17 +436,16 @@ class CausalLMTask(Task):
     def training_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # use_cache=False: no KV cache to build, and Hugging Face derives the packed-sequence
         # attention mask from position_ids only when there is no cache.
-        return model(**{k: v for k, v in batch.items() if k in MODEL_KEYS}, use_cache=False).loss
+        # Logits only from the first reply token on (tuneforge.lm): the prompt's are read by no loss.
+        inputs = {k: v for k, v in batch.items() if k in MODEL_KEYS and k != "labels"}
+        return mean_token_nll(*next_token_logits(model, {**inputs, "use_cache": False}, batch["labels"]))
 
     # -- evaluation ---------------------------------------------------------------------
 
     def evaluation_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         inputs = {k: v for k, v in batch.items() if k in MODEL_KEYS and k != "labels"}
-        logits = model(**inputs, use_cache=False).logits.float()
-        labels = batch["labels"][:, 1:]
-        nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
-        )
+        logits, labels = next_token_logits(model, {**inputs, "use_cache": False}, batch["labels"])
+        nll = token_nll(logits, labels)
         mask = labels != IGNORE_INDEX
         nll_sum, tokens = (nll * mask).sum(1), mask.sum(1)
         out = {"nll_sum": nll_sum, "tokens": tokens, "loss": nll_sum / tokens.clamp(min=1)}

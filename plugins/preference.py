@@ -25,8 +25,6 @@ and score it against the chosen reply, so a run can select on ROUGE or exact mat
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -40,6 +38,7 @@ from pydantic import Field
 from tuneforge import hookimpl
 from tuneforge.data import pad_features, record_origin
 from tuneforge.errors import ConfigError, DataError, TrainingError
+from tuneforge.lm import next_token_logits, token_nll
 from tuneforge.plugins.causal_lm import CausalLMOptions, CausalLMTask
 from tuneforge.plugins.generation_scorers import all_metric_names
 from tuneforge.tasks import unwrap_model
@@ -77,35 +76,6 @@ class PreferenceOptions(CausalLMOptions):
     )
     chosen_field: str = Field("chosen", description="Field of the preferred reply (string or message list).")
     rejected_field: str = Field("rejected", description="Field of the dispreferred reply (string or message list).")
-
-
-def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether the Hugging Face model inside ``model`` (DDP/DeepSpeed/PEFT wrappers removed)
-    can compute logits for the last positions only (``forward(logits_to_keep=N)``)."""
-    bare = unwrap_model(model)
-    base = bare.get_base_model() if hasattr(bare, "get_base_model") else bare
-    return _forward_takes(type(base), "logits_to_keep")
-
-
-@functools.cache
-def _forward_takes(cls: type, name: str) -> bool:
-    try:
-        return name in inspect.signature(cls.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def reply_logits_window(model: torch.nn.Module, labels: torch.Tensor) -> int | None:
-    """``logits_to_keep`` for a batch: the positions from the one before the earliest reply token
-    to the end (``None``: all, when the model cannot keep fewer or nothing is saved)."""
-    if not _takes_logits_to_keep(model):
-        return None
-    replied = labels != IGNORE_INDEX
-    rows = replied.any(1)
-    if not bool(rows.any()):
-        return None
-    first = int(replied.int().argmax(1)[rows].min())
-    return labels.shape[1] - first + 1 if first > 1 else None
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -401,18 +371,13 @@ class PreferenceTask(CausalLMTask):
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         """``((chosen, rejected) summed reply log-probs, (chosen, rejected) reply lengths, logits)``.
 
-        With ``reply_only`` (and a model whose forward takes ``logits_to_keep``) the logits are
-        computed from the first position that predicts a reply token on: the vocabulary-sized
-        logits of the prompt, which no loss reads, are never built. ``logits`` then covers the
-        last ``logits.shape[1]`` positions."""
-        keep = reply_logits_window(model, batch["labels"]) if reply_only else None
-        extra = {"logits_to_keep": keep} if keep else {}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
-                       **extra).logits
-        labels = batch["labels"][:, batch["labels"].shape[1] - logits.shape[1] + 1:]
-        nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
-                              reduction="none")
-        logps, tokens = -nll.sum(1), (labels != IGNORE_INDEX).sum(1)
+        With ``reply_only`` the logits are computed from the first position that predicts a reply
+        token on (:func:`tuneforge.lm.next_token_logits`): the prompt's vocabulary-sized logits,
+        which no loss reads, are not built. ``logits[:, i]`` scores the label of the token after
+        position ``i`` of the last ``logits.shape[1]`` positions."""
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+        logits, labels = next_token_logits(model, inputs, batch["labels"], window=reply_only)
+        logps, tokens = -token_nll(logits, labels).sum(1), (labels != IGNORE_INDEX).sum(1)
         c, r = logps.chunk(2)
         nc, nr = tokens.chunk(2)
         return (c, r), (nc, nr), logits
@@ -420,16 +385,14 @@ class PreferenceTask(CausalLMTask):
     def chosen_nll(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """ORPO's NLL term: ``(token mean over the batch, per-pair token mean)`` of the chosen
         sequences, over the reply or (``orpo_nll_on_prompt``) every non-padding token; ``logits``
-        cover the last ``logits.shape[1]`` positions (all of them with ``orpo_nll_on_prompt``)."""
+        as :meth:`sequence_logps` returns them (every position with ``orpo_nll_on_prompt``)."""
         half = logits.shape[0] // 2
         if self.options.orpo_nll_on_prompt:
             labels = batch["input_ids"][:half].masked_fill(batch["attention_mask"][:half] == 0, IGNORE_INDEX)
         else:
             labels = batch["labels"][:half]
-        labels = labels[:, labels.shape[1] - logits.shape[1] + 1:]
-        nll = F.cross_entropy(logits[:half, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
-                              reduction="none")
-        mask = labels != IGNORE_INDEX
+        targets = labels[:, labels.shape[1] - logits.shape[1]:]
+        nll, mask = token_nll(logits[:half], targets), targets != IGNORE_INDEX
         return nll.sum() / mask.sum().clamp(min=1), nll.sum(1) / mask.sum(1).clamp(min=1)
 
     def pair_outputs(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -204,21 +204,21 @@ def test_reply_only_logits_give_the_full_log_probs_and_gradients(tiny_llama: str
                                                                   tmp_path: Path) -> None:
     """The prompt's logits are not built (``logits_to_keep`` from the earliest reply token on), and
     the summed reply log-probs and their gradients are those of the full logits."""
-    from tuneforge.plugins.preference import reply_logits_window
+    from tuneforge.lm import label_window
 
     task = make_task(make_config(tiny_llama, pref_data, tmp_path))
     batch, _ = batch_of(task, pref_data)
     policy, _ = perturbed(tiny_llama)
     policy.requires_grad_(True)
     width = batch["input_ids"].shape[1]
-    keep = reply_logits_window(policy, batch["labels"])
+    keep = label_window(policy, batch["labels"])
     first = int((batch["labels"] != -100).int().argmax(1).min())
     assert keep == width - first + 1 < width
     results = []
     for reply_only in (True, False):
         policy.zero_grad()
         (c, r), tokens, logits = task.sequence_logps(policy, batch, reply_only=reply_only)
-        assert logits.shape[1] == (keep if reply_only else width)
+        assert logits.shape[1] == (keep if reply_only else width) - 1
         (c.sum() - 2 * r.sum()).backward()
         results.append((c.detach(), r.detach(), tokens, [p.grad.clone() for p in policy.parameters()]))
     (c1, r1, t1, g1), (c2, r2, t2, g2) = results
@@ -228,7 +228,7 @@ def test_reply_only_logits_give_the_full_log_probs_and_gradients(tiny_llama: str
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     no_reply = torch.full_like(batch["labels"], -100)
-    assert reply_logits_window(policy, no_reply) is None
+    assert label_window(policy, no_reply) is None
 
 
 # -- the reference model ---------------------------------------------------------------------
