@@ -26,7 +26,8 @@ def takes_logits_to_keep(model: torch.nn.Module) -> bool:
     compute the logits of its last positions only (``forward(logits_to_keep=N)``)."""
     bare = unwrap_model(model)
     base = bare.get_base_model() if hasattr(bare, "get_base_model") else bare
-    return _forward_takes(type(base), "logits_to_keep")
+    forward_of: Any = type(base)
+    return _forward_takes(forward_of, "logits_to_keep")
 
 
 @functools.cache
