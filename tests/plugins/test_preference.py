@@ -97,9 +97,14 @@ def grads_of(model: torch.nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
     return grads
 
 
-def assert_close(ours: torch.Tensor, theirs: torch.Tensor, g_ours: list[torch.Tensor], g_theirs: list[torch.Tensor]) -> None:
-    assert abs(float(ours) - float(theirs)) <= 1e-5, (float(ours), float(theirs))
+def assert_close(ours: torch.Tensor, theirs: torch.Tensor, g_ours: list[torch.Tensor], g_theirs: list[torch.Tensor],
+                 name: str) -> None:
+    """Loss and gradients equal to 1e-5; one line of the correctness table (``pytest -s -k trl``)."""
     assert len(g_ours) == len(g_theirs) > 0
+    grad_diff = max(float((a - b).abs().max()) for a, b in zip(g_ours, g_theirs))
+    print(f"\nvs TRL | {name} | TRL {float(theirs):.8f} | ours {float(ours):.8f} | loss diff "
+          f"{abs(float(ours) - float(theirs)):.1e} | max gradient diff {grad_diff:.1e}")
+    assert abs(float(ours) - float(theirs)) <= 1e-5, (float(ours), float(theirs))
     for a, b in zip(g_ours, g_theirs):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
@@ -149,7 +154,8 @@ def test_dpo_and_ipo_match_trl(tiny_llama: str, pref_data: dict[str, str], tmp_p
     theirs = (1 - label_smoothing) * trl_loss(False)
     if label_smoothing:
         theirs = theirs + label_smoothing * trl_loss(True)
-    assert_close(ours, theirs.detach(), g_ours, grads_of(trainer.model, theirs))
+    assert_close(ours, theirs.detach(), g_ours, grads_of(trainer.model, theirs),
+                 f"{loss} (label smoothing {label_smoothing})")
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
@@ -169,7 +175,8 @@ def test_simpo_matches_trl(tiny_llama: str, pref_data: dict[str, str], tmp_path:
                          args=trl_args(CPOConfig, tmp_path, loss_type="simpo", cpo_alpha=0.0, beta=2.0,
                                        simpo_gamma=0.7, label_smoothing=label_smoothing))
     theirs, _ = trainer.get_batch_loss_metrics(trainer.model, split_batch(batch))
-    assert_close(ours, theirs.detach(), g_ours, grads_of(trainer.model, theirs))
+    assert_close(ours, theirs.detach(), g_ours, grads_of(trainer.model, theirs),
+                 f"simpo (label smoothing {label_smoothing})")
 
 
 def test_orpo_matches_trl(tiny_llama: str, pref_data: dict[str, str], tmp_path: Path) -> None:
@@ -187,7 +194,7 @@ def test_orpo_matches_trl(tiny_llama: str, pref_data: dict[str, str], tmp_path: 
     trainer = ORPOTrainer(model=policy, processing_class=tokenizer, train_dataset=trl_dataset(),
                           args=trl_args(ORPOConfig, tmp_path, beta=0.3))
     theirs, _ = trainer.get_batch_loss_metrics(trainer.model, split_batch(batch))
-    assert_close(ours, theirs.detach(), g_ours, grads_of(trainer.model, theirs))
+    assert_close(ours, theirs.detach(), g_ours, grads_of(trainer.model, theirs), "orpo")
 
 
 def split_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
