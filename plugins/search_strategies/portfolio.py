@@ -7,7 +7,7 @@ task to [0, 1] by ``(score - worst) / (best - worst)`` over that task's finished
 candidate that was not run on a task gets the score of that task's nearest trial in the
 normalised search space); then recipes are picked one at a time, each maximising the sum over
 tasks of the best normalised score in the portfolio so far, until ``size`` recipes are chosen
-or no candidate adds anything.
+(once the earlier tasks are covered, the candidates best on all of them come next).
 
 Recipes are moved between tasks in a relative form (:func:`to_relative` / :func:`to_absolute`):
 
@@ -146,22 +146,22 @@ def performance_matrix(candidates: Sequence[dict[str, Any]], tasks: Sequence[Seq
 
 
 def greedy_portfolio(matrix: Sequence[Sequence[float]], size: int) -> list[int]:
-    """Auto-sklearn 2.0's greedy portfolio: indices of candidates, picked one at a time to
-    maximise the sum over tasks of the best score in the portfolio; stops early when nothing
-    adds to it. Ties go to the earlier candidate."""
+    """Auto-sklearn 2.0's greedy portfolio (Feurer et al., 2022, Algorithm 1): indices of
+    candidates, picked one at a time to maximise the sum over tasks of the best score in the
+    portfolio, until ``size`` are picked or none is left. When no candidate adds to the covered
+    score (the earlier tasks are covered already), the one with the highest summed score of its
+    own is next: another recipe that did well everywhere, a hedge for a task unlike the earlier
+    ones. Remaining ties go to the earlier candidate."""
     if not matrix:
         return []
-    n_tasks = len(matrix[0])
-    covered = [0.0] * n_tasks
+    def merit(i: int, covered: list[float]) -> tuple[float, float, int]:
+        gain = sum(max(c, m) for c, m in zip(covered, matrix[i])) - sum(covered)
+        return round(gain, 12), sum(matrix[i]), -i
+
+    covered = [0.0] * len(matrix[0])
     chosen: list[int] = []
-    while len(chosen) < size:
-        gains = [(sum(max(c, m) for c, m in zip(covered, row)) - sum(covered), i)
-                 for i, row in enumerate(matrix) if i not in chosen]
-        if not gains:
-            break
-        gain, best = max(gains, key=lambda g: (g[0], -g[1]))
-        if chosen and gain <= 1e-12:
-            break
+    while len(chosen) < min(size, len(matrix)):
+        best = max((i for i in range(len(matrix)) if i not in chosen), key=lambda i: merit(i, covered))
         chosen.append(best)
         covered = [max(c, m) for c, m in zip(covered, matrix[best])]
     return chosen
@@ -183,9 +183,9 @@ def build_portfolio(entries: Sequence[LibraryEntry], space: SearchSpace, target_
         tasks.append([(to_relative(p, entry.base, rule), s) for (p, _), s in zip(keyed, scores)])
         for recipe in entry.recipes(options.candidates_per_entry):
             params = {k: v for k, v in recipe["params"].items() if k in space.keys}
-            if params:
-                candidates.append((to_relative(params, entry.base, rule),
-                                   {"portfolio_from": entry.id, "source_value": recipe["value"]}))
+            relative = to_relative(params, entry.base, rule)
+            if params and all(relative != c for c, _ in candidates):  # one candidate per recipe
+                candidates.append((relative, {"portfolio_from": entry.id, "source_value": recipe["value"]}))
     if not candidates:
         return []
     matrix = performance_matrix([c for c, _ in candidates], tasks, space)

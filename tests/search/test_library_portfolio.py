@@ -55,8 +55,10 @@ def test_greedy_portfolio_maximises_the_summed_best_score():
     # then 1e-2 adds 0.2 (task b 0.8 -> 1)
     assert greedy_portfolio(matrix, 3) == [1, 0, 2]
     assert greedy_portfolio(matrix, 2) == [1, 0]
-    # a candidate that adds nothing is not taken: the portfolio stops early
-    assert greedy_portfolio([[1.0, 1.0], [0.5, 0.5]], 2) == [0]
+    # covered already: the portfolio still fills to its size (Auto-sklearn 2.0), with the candidate
+    # that scores best on all tasks by itself next (a hedge), not the earliest one
+    assert greedy_portfolio([[1.0, 1.0], [0.2, 0.1], [0.3, 0.4]], 2) == [0, 2]
+    assert greedy_portfolio([[1.0, 1.0], [0.5, 0.5]], 3) == [0, 1]  # no more candidates than there are
 
 
 def test_build_portfolio_from_a_hand_made_library_picks_the_hand_computed_recipes():
@@ -66,6 +68,10 @@ def test_build_portfolio_from_a_hand_made_library_picks_the_hand_computed_recipe
     assert [p["training.lr"] for p, _ in recipes] == pytest.approx([1e-3, 1e-4, 1e-2])
     assert [o["portfolio_rank"] for _, o in recipes] == [0, 1, 2]
     assert recipes[0][1]["portfolio_mean_score"] == pytest.approx(2.3 / 3, abs=1e-3)
+    # the three entries ran the same three recipes: each is one candidate, so a larger portfolio
+    # holds them once each
+    wide = build_portfolio(entries, SPACE, target, PortfolioOptions(size=5, lr_scaling="linear"))
+    assert sorted(p["training.lr"] for p, _ in wide) == pytest.approx([1e-4, 1e-3, 1e-2])
 
 
 @pytest.mark.parametrize(("rule", "factor"), [("linear", 0.5), ("sqrt", math.sqrt(0.5)), ("none", 1.0)])
