@@ -21,6 +21,7 @@ KV cache; the reply is scored against the record's reference(s).
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 import logging
@@ -105,6 +106,10 @@ class CausalLMOptions(TaskOptions):
         False,
         description="Pack training examples into blocks of data.max_length; attention and positions are "
         "reset per example (needs a model that honours packed position_ids, e.g. Llama, GPT-2, Qwen2, Mistral).",
+    )
+    packing_strategy: Literal["best_fit", "in_order"] = Field(
+        "best_fit", description="How examples fill the blocks: best_fit (best-fit decreasing: the longest first, "
+        "each into the block it fills best; least padding) or in_order (next-fit in the data's order)."
     )
     generation_samples: int = Field(
         0, ge=0, description="Without generation scorers: generate responses for the first N test records."
@@ -430,7 +435,7 @@ class CausalLMTask(Task):
         if split == "train" and not features:
             raise DataError(f"{source}: no training example has response tokens within data.max_length={max_length}")
         if split == "train" and self.options.packing:
-            features = pack_features(features, max_length, tokenizer.pad_token_id)
+            features = pack_features(features, max_length, tokenizer.pad_token_id, self.options.packing_strategy)
         return features
 
     def training_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -556,40 +561,58 @@ def perplexity_metrics(nll_sum: np.ndarray, tokens: np.ndarray) -> dict[str, flo
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "eval_tokens": total}
 
 
-def pack_features(features: list[dict[str, Any]], block: int, pad_id: int) -> list[dict[str, Any]]:
+def pack_features(features: list[dict[str, Any]], block: int, pad_id: int,
+                  strategy: str = "best_fit") -> list[dict[str, Any]]:
     """Pack examples (each at most ``block`` tokens) into blocks of exactly ``block`` tokens.
 
-    Examples are kept whole and in order (next-fit). ``position_ids`` restart at 0 for every
-    example, which makes Hugging Face models attend only within each example (packed-sequence
-    masks derived from position ids), and no ``attention_mask`` is emitted. Each example's
-    first label is -100, so no token is trained to predict across an example boundary.
-    The tail of a block is padding: pad ids, labels -100, its own position run.
+    Examples are kept whole. ``best_fit`` (best-fit decreasing, TRL's default): the longest
+    example first, each into the open block it fills best, a new block when none has room; blocks
+    of examples about half the block long are filled in pairs instead of one by one, so there is
+    little padding left. ``in_order``: next-fit in the data's order (a block is closed when the next
+    example does not fit). ``position_ids`` restart at 0 for every example, which makes Hugging
+    Face models attend only within each example (packed-sequence masks derived from position ids),
+    and no ``attention_mask`` is emitted. Each example's first label is -100, so no token is
+    trained to predict across an example boundary. The tail of a block is padding: pad ids,
+    labels -100, its own position run.
     """
-    blocks: list[dict[str, Any]] = []
-    cur: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
-
-    def flush() -> None:
+    groups: list[list[int]] = []
+    if strategy == "in_order":
+        used = block
+        for i, f in enumerate(features):
+            if used + len(f["input_ids"]) > block:
+                groups.append([])
+                used = 0
+            groups[-1].append(i)
+            used += len(f["input_ids"])
+    else:
+        free: list[tuple[int, int]] = []  # (room left, group) of the open blocks, sorted
+        for i in sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"])):
+            n = len(features[i]["input_ids"])
+            at = bisect.bisect_left(free, (n, -1))  # the fullest block with room for n
+            if at < len(free):
+                room, g = free.pop(at)
+            else:
+                room, g = block, len(groups)
+                groups.append([])
+            groups[g].append(i)
+            if room - n > 0:
+                bisect.insort(free, (room - n, g))
+    blocks = []
+    for members in groups:
+        cur: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+        for i in members:
+            f = features[i]
+            cur["input_ids"] += f["input_ids"]
+            cur["labels"] += [IGNORE_INDEX, *f["labels"][1:]]
+            cur["position_ids"] += list(range(len(f["input_ids"])))
         fill = block - len(cur["input_ids"])
-        if not cur["input_ids"]:
-            return
         cur["input_ids"] += [pad_id] * fill
         cur["labels"] += [IGNORE_INDEX] * fill
         cur["position_ids"] += list(range(fill))
-        blocks.append({k: list(v) for k, v in cur.items()})
-        for v in cur.values():
-            v.clear()
-
-    for f in features:
-        n = len(f["input_ids"])
-        if len(cur["input_ids"]) + n > block:
-            flush()
-        cur["input_ids"] += f["input_ids"]
-        cur["labels"] += [IGNORE_INDEX, *f["labels"][1:]]
-        cur["position_ids"] += list(range(n))
-    flush()
-    used = sum(len(f["input_ids"]) for f in features)
-    log.info("packed %d examples into %d blocks of %d tokens (%.1f%% padding)",
-             len(features), len(blocks), block, 100.0 * (1 - used / max(1, len(blocks) * block)))
+        blocks.append(cur)
+    used_tokens = sum(len(f["input_ids"]) for f in features)
+    log.info("packed %d examples into %d blocks of %d tokens (%s, %.1f%% padding)", len(features), len(blocks),
+             block, strategy.replace("_", " "), 100.0 * (1 - used_tokens / max(1, len(blocks) * block)))
     return blocks
 
 

@@ -158,11 +158,30 @@ def test_pack_features_layout():
         {"input_ids": [4, 5], "labels": [-100, 5]},
         {"input_ids": [6, 7, 8, 9], "labels": [6, 7, 8, 9]},
     ]
-    blocks = pack_features(feats, block=6, pad_id=0)
+    blocks = pack_features(feats, block=6, pad_id=0, strategy="in_order")
     assert blocks == [
         {"input_ids": [1, 2, 3, 4, 5, 0], "labels": [-100, 2, 3, -100, 5, -100], "position_ids": [0, 1, 2, 0, 1, 0]},
         {"input_ids": [6, 7, 8, 9, 0, 0], "labels": [-100, 7, 8, 9, -100, -100], "position_ids": [0, 1, 2, 3, 0, 1]},
     ]
+    # best fit, longest first: 4 tokens open a block, 3 do not fit beside them, 2 fill it exactly
+    assert pack_features(feats, block=6, pad_id=0) == [
+        {"input_ids": [6, 7, 8, 9, 4, 5], "labels": [-100, 7, 8, 9, -100, 5], "position_ids": [0, 1, 2, 3, 0, 1]},
+        {"input_ids": [1, 2, 3, 0, 0, 0], "labels": [-100, 2, 3, -100, -100, -100], "position_ids": [0, 1, 2, 0, 1, 2]},
+    ]
+
+
+def test_best_fit_packing_fills_blocks_that_next_fit_leaves_half_empty():
+    # examples of about half a block, longest first: in order, the long ones sit alone;
+    # best fit pairs each long one with the short one that fills its block best
+    lengths = [60, 58, 55, 52, 45, 42, 40, 38]
+    feats = [{"input_ids": [7] * n, "labels": [7] * n} for n in lengths]
+    in_order = pack_features(feats, block=100, pad_id=0, strategy="in_order")
+    best = pack_features(feats, block=100, pad_id=0)
+    assert len(in_order) == 6 and len(best) == 4
+    for blocks in (best, in_order):  # every example whole, exactly once
+        assert sum(t == 7 for b in blocks for t in b["input_ids"]) == sum(lengths)
+    assert [sum(t == 7 for t in b["input_ids"]) for b in best] == [100, 100, 100, 90]  # 60+40, 58+42, 55+45, 52+38
+    assert [sum(t == 7 for t in b["input_ids"]) for b in in_order] == [60, 58, 55, 97, 82, 38]
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
