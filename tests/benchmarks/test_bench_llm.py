@@ -14,6 +14,7 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_llm.py"
 SECTIONS = {
     "lora_vs_plain": {"cpu_median_step_s", "wall_median_step_s", "tuneforge_vs_plain_cpu", "tuneforge_vs_plain_wall",
                       "max_loss_diff", "peak_rss_mib", "trainable"},
+    "reply_logits": {"tuneforge_vs_plain_full_logits_cpu", "max_loss_diff", "first_step_loss_diff", "peak_rss_mib"},
     "packing_vs_padding": {"real_tokens_per_wall_s", "real_tokens_per_cpu_s", "pad_fraction",
                            "packed_vs_padded_wall", "packed_vs_padded_cpu", "packed_vs_padded_to_max_cpu",
                            "packed_vs_padded_to_max_wall", "max_length"},
