@@ -176,7 +176,8 @@ def run_plain(spec: dict[str, Any], tmp: Path, full_logits: bool = False) -> dic
                 keep = {"logits_to_keep": labels.shape[1] - first + 1} if first > 1 else {}
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                use_cache=False, **keep).logits[:, :-1]
-                loss = F.cross_entropy(logits.float().transpose(1, 2), labels[:, labels.shape[1] - logits.shape[1]:],
+                targets = labels[:, labels.shape[1] - logits.shape[1]:]
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                        ignore_index=-100)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), HP["max_grad_norm"])

@@ -27,6 +27,7 @@ from tuneforge import hookimpl
 from tuneforge.data import record_origin, require_fields
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.hub import resolve_pretrained
+from tuneforge.lm import token_nll
 from tuneforge.tasks import Task, TaskOptions, decode_ids, generate
 from tuneforge.text import IGNORE_INDEX, ROUGE_TYPES, rouge_scores
 
@@ -206,8 +207,7 @@ class SummarizationTask(Task):
         out = {"generated": generate(model, **inputs, **kwargs)}
         labels = batch.get("labels")
         if labels is not None:
-            logits = model(**inputs, labels=labels).logits.float()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+            nll = token_nll(model(**inputs, labels=labels).logits, labels)
             mask = labels != IGNORE_INDEX
             out["loss"] = (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
         return out
