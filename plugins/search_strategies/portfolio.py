@@ -47,6 +47,9 @@ LR, BATCH = "training.lr", "training.batch_size"
 class PortfolioOptions(StrategyOptions):
     size: int = Field(4, ge=1, description="Recipes in the portfolio (run first).")
     candidates_per_entry: int = Field(3, ge=1, description="Best trials of each library entry considered.")
+    min_own_score: float = Field(
+        0.5, ge=0.0, le=1.0, description="A candidate's normalised score on its own task must reach this "
+        "((value - worst) / (best - worst) over that task's trials): a top-k trial that failed there is no recipe.")
     lr_scaling: Literal["sqrt", "linear", "none"] = Field(
         "sqrt", description="How training.lr moves to another batch size: lr * (new/old)^0.5, ^1, or unchanged.")
     same_task_only: bool = Field(True, description="Use only library entries of the same task plugin "
@@ -184,6 +187,9 @@ def build_portfolio(entries: Sequence[LibraryEntry], space: SearchSpace, target_
         for recipe in entry.recipes(options.candidates_per_entry):
             params = {k: v for k, v in recipe["params"].items() if k in space.keys}
             relative = to_relative(params, entry.base, rule)
+            own = normalised_scores([*(v for _, v in keyed), float(recipe["value"])], entry.direction)[-1]
+            if own < options.min_own_score:  # a top-k trial that was poor on its own task is no recipe
+                continue
             if params and all(relative != c for c, _ in candidates):  # one candidate per recipe
                 candidates.append((relative, {"portfolio_from": entry.id, "source_value": recipe["value"]}))
     if not candidates:

@@ -74,6 +74,15 @@ def test_build_portfolio_from_a_hand_made_library_picks_the_hand_computed_recipe
     assert sorted(p["training.lr"] for p, _ in wide) == pytest.approx([1e-4, 1e-3, 1e-2])
 
 
+def test_a_trial_that_failed_on_its_own_task_is_no_candidate():
+    # task a: lr 1e-4 scored 0.9, 1e-3 0.5, 1e-2 0.1; the third of its top 3 is its worst trial
+    target = {"training.batch_size": 32, "training.max_steps": 100}
+    kept = build_portfolio([entry("a", SCORES["a"])], SPACE, target, PortfolioOptions(size=3))
+    assert [p["training.lr"] for p, _ in kept] == pytest.approx([1e-4, 1e-3])  # own scores 1.0 and 0.5
+    every = build_portfolio([entry("a", SCORES["a"])], SPACE, target, PortfolioOptions(size=3, min_own_score=0.0))
+    assert [p["training.lr"] for p, _ in every] == pytest.approx([1e-4, 1e-3, 1e-2])
+
+
 @pytest.mark.parametrize(("rule", "factor"), [("linear", 0.5), ("sqrt", math.sqrt(0.5)), ("none", 1.0)])
 def test_lr_is_scaled_to_the_new_batch_size(rule, factor):
     source = {"training.batch_size": 32, "training.max_steps": 200}
